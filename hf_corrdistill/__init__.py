@@ -1,0 +1,28 @@
+"""hf-corrdistill: noise-robust distillation of self-supervised speech models via correlation metrics."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
+
+from .configuration_corrdistill import CorrDistillConfig
+from .losses import CorrelationLossOutput, DistilHubertLossOutput, correlation_loss, distilhubert_loss
+from .modeling_corrdistill import CorrDistillForPreTraining, CorrDistillModel, CorrDistillPreTrainedModel
+
+__version__ = "0.1.0"
+
+AutoConfig.register(CorrDistillConfig.model_type, CorrDistillConfig, exist_ok=True)
+AutoModel.register(CorrDistillConfig, CorrDistillModel, exist_ok=True)
+AutoModelForPreTraining.register(CorrDistillConfig, CorrDistillForPreTraining, exist_ok=True)
+# Saved folders carry `auto_map` and the code, so `trust_remote_code=True` loads them without this package.
+CorrDistillConfig.register_for_auto_class()
+CorrDistillModel.register_for_auto_class("AutoModel")
+CorrDistillForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+
+__all__ = [
+    "CorrDistillConfig",
+    "CorrDistillForPreTraining",
+    "CorrDistillModel",
+    "CorrDistillPreTrainedModel",
+    "CorrelationLossOutput",
+    "DistilHubertLossOutput",
+    "correlation_loss",
+    "distilhubert_loss",
+]

@@ -1,0 +1,289 @@
+"""Distillation objectives as pure tensor functions (METHOD.md section 3).
+
+Shapes: ``student`` and ``teacher`` are (B, N, F, D) = (batch, predicted layers, frames, features);
+``padding_mask`` is (B, F) bool with True for valid frames; SNRs are (B,) float dB, +inf for no additive noise.
+
+The correlation matrices C (student x teacher) and A (student x student) are D x D, but with M samples they have
+rank < M. Their squared off-diagonal mass is computed from M x M Gram matrices when M <= D (the batch style:
+M = B) and from D x D products only when M > D (the frames style: M = all valid frames, one matrix per layer):
+    ||S^T T||_F^2 = sum_{b,c} (S S^T)_bc (T T^T)_bc,   sum_{i != j} C_ij^2 = ||C||_F^2 - sum_i C_ii^2.
+No B x D x D tensor and no D x D matrix per pooled position is ever formed. Everything runs in float32 (or float64
+when given float64) with autocast disabled.
+"""
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from transformers.utils import ModelOutput
+
+Style = Literal["batch", "frames"]
+Weighting = Literal["fixed", "snr-reference", "snr"]
+STYLES: tuple[str, ...] = ("batch", "frames")
+WEIGHTINGS: tuple[str, ...] = ("fixed", "snr-reference", "snr")
+
+STD_EPS = 1e-5  # z_hat = (z - mean) / (std + eps), METHOD.md 3.2 step 2
+_VAR_FLOOR = 1e-30  # keeps d sqrt(var) finite for constant features; far below STD_EPS**2
+
+
+@dataclass
+class CorrelationLossOutput(ModelOutput):
+    """L_CL and its terms, each already weighted as it enters `loss` (METHOD.md 3.2)."""
+
+    loss: torch.Tensor | None = None
+    on_diagonal: torch.Tensor | None = None
+    off_diagonal_cross: torch.Tensor | None = None
+    off_diagonal_self: torch.Tensor | None = None
+    cosine: torch.Tensor | None = None
+
+
+@dataclass
+class DistilHubertLossOutput(ModelOutput):
+    """L_KD (DistilHuBERT: L1 + cosine) and its terms, each already weighted as it enters `loss` (METHOD.md 3.1)."""
+
+    loss: torch.Tensor | None = None
+    l1: torch.Tensor | None = None
+    cosine: torch.Tensor | None = None
+
+
+def _prepare(
+    student: torch.Tensor, teacher: torch.Tensor, padding_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate shapes, upcast half precision to float32, zero padded frames and return the (B, F) bool mask.
+
+    Zeroing with `where` (not a product) makes padded frames inert even when they hold NaN or inf, in the values
+    and in the gradients.
+    """
+    if student.dim() != 4 or student.shape != teacher.shape:
+        raise ValueError(
+            f"student and teacher must both be (batch, layers, frames, features); got {tuple(student.shape)} "
+            f"and {tuple(teacher.shape)}"
+        )
+    batch, _, frames, _ = student.shape
+    if padding_mask is None:
+        padding_mask = torch.ones(batch, frames, dtype=torch.bool, device=student.device)
+    elif padding_mask.shape != (batch, frames):
+        raise ValueError(f"padding_mask must be (batch, frames) = {(batch, frames)}, got {tuple(padding_mask.shape)}")
+    dtype = torch.promote_types(torch.promote_types(student.dtype, teacher.dtype), torch.float32)
+    mask = padding_mask.to(device=student.device, dtype=torch.bool)
+    valid = mask[:, None, :, None]  # (B, 1, F, 1)
+    return student.to(dtype).where(valid, 0.0), teacher.to(dtype).where(valid, 0.0), mask
+
+
+def _cosine_term(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """mean_n [ mean over valid (b, f) of -log sigmoid(cos(S_bf, T_bf)) ]; student/teacher (B, N, F, D), mask (B, F)."""
+    neg_log_sig = -F.logsigmoid(F.cosine_similarity(student, teacher, dim=-1))  # (B, N, F)
+    valid = mask[:, None, :]  # (B, 1, F)
+    per_layer = neg_log_sig.where(valid, 0.0).sum((0, 2)) / valid.sum((0, 2)).clamp_min(1)  # (N,)
+    return per_layer.mean()
+
+
+def distilhubert_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    padding_mask: torch.Tensor | None = None,
+    *,
+    cosine_weight: float = 1.0,
+) -> DistilHubertLossOutput:
+    """L_KD = mean_n mean_{b,f,i} |S - T| + cosine_weight * mean_n mean_{b,f} -log sigmoid(cos(S, T)).
+
+    Padded frames (``padding_mask`` False) are never read into the result, whatever they hold.
+    """
+    with torch.autocast(student.device.type, enabled=False):
+        student, teacher, mask = _prepare(student, teacher, padding_mask)
+        valid = mask[:, None, :, None]  # (B, 1, F, 1)
+        abs_err = (student - teacher).abs().where(valid, 0.0)  # (B, N, F, D)
+        l1 = (abs_err.sum((0, 2, 3)) / (mask.sum().clamp_min(1) * student.shape[-1])).mean()
+        cosine = cosine_weight * _cosine_term(student, teacher, mask)
+        return DistilHubertLossOutput(loss=l1 + cosine, l1=l1, cosine=cosine)
+
+
+def pool_valid_frames(features: torch.Tensor, mask: torch.Tensor, positions: int) -> torch.Tensor:
+    """Average each utterance's valid frames into ``positions`` bins, as ``AdaptiveAvgPool1d`` does on a crop.
+
+    Bin p of an utterance with L valid frames averages its valid frames floor(pL/P) .. ceil((p+1)L/P) - 1, so a
+    pooled position means the same relative position in every utterance; with L < P neighbouring bins share frames.
+    Padded frames are never indexed. features (B, N, F, D), mask (B, F) -> (B, N, P, D).
+    """
+    batch, _, frames, _ = features.shape
+    device = features.device
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # (B, F): valid frame indices first
+    length = mask.sum(1, keepdim=True)  # (B, 1)
+    p = torch.arange(positions, device=device)[None, :]  # (1, P)
+    start = (p * length) // positions  # (B, P)
+    end = ((p + 1) * length + positions - 1) // positions  # (B, P), ceil
+    count = (end - start).clamp_min(1).to(features.dtype)  # (B, P)
+    rows = torch.arange(batch, device=device)[:, None]  # (B, 1)
+    pooled = None
+    for k in range(-(-frames // positions) + 1):  # a bin spans at most ceil(F / P) + 1 frames
+        slot = start + k  # (B, P)
+        inside = (slot < end).to(features.dtype) / count  # (B, P): 1 / count for frames inside the bin, else 0
+        frame = order.gather(1, torch.minimum(slot, end - 1).clamp_min(0))  # (B, P), always a valid frame
+        term = features[rows, :, frame] * inside[..., None, None]  # (B, P, N, D)
+        pooled = term if pooled is None else pooled + term
+    return pooled.transpose(1, 2)  # (B, N, P, D)
+
+
+def _standardise(x: torch.Tensor, valid: torch.Tensor | None, count: torch.Tensor | int) -> torch.Tensor:
+    """(x - mean) / (std + eps) over dim 1 of x (G, M, D), invalid samples (zero) excluded; unbiased std."""
+    centred = x - x.sum(1, keepdim=True) / count  # (G, M, D)
+    if valid is not None:
+        centred = centred.where(valid, 0.0)
+    std = (centred.square().sum(1, keepdim=True) / (count - 1)).clamp_min(_VAR_FLOOR).sqrt()  # (G, 1, D)
+    return centred / (std + STD_EPS)
+
+
+def _squared_frobenius(x: torch.Tensor, y: torch.Tensor, gram_x: torch.Tensor | None) -> torch.Tensor:
+    """||x^T y||_F^2 per group for x, y (G, M, D), through M x M Grams when M <= D, else through D x D products."""
+    samples, features = x.shape[1], x.shape[2]
+    if samples <= features:
+        gram_y = gram_x if y is x else y @ y.transpose(1, 2)  # (G, M, M)
+        return (gram_x * gram_y).sum((1, 2))
+    product = x.transpose(1, 2) @ y  # (G, D, D), one per layer in the frames style
+    return product.square().sum((1, 2))
+
+
+def _correlation_terms(
+    s_hat: torch.Tensor,
+    t_hat: torch.Tensor,
+    denom: torch.Tensor | int,
+    cross_sample_weight: torch.Tensor | None,
+    self_sample_weight: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per group g: sum_i (C_ii - 1)^2, sum_{i!=j} C_ij^2 and sum_{i!=j} A_ij^2 for standardised (G, M, D) inputs.
+
+    C = s_hat^T t_hat / denom and A = s_hat^T s_hat / denom. With per-sample weights (G, M) the off-diagonal sums
+    are instead sum_m w_m sum_{i!=j} (a_mi b_mj / denom)^2, the per-sample form of the reference code (METHOD.md
+    3.4), computed as ||a||^2 ||b||^2 - sum_i a_i^2 b_i^2 per sample.
+    """
+    c_diag = (s_hat * t_hat).sum(1) / denom  # (G, D)
+    a_diag = s_hat.square().sum(1) / denom  # (G, D)
+    on_diag = (c_diag - 1).square().sum(-1)  # (G,)
+    if cross_sample_weight is None:
+        samples, features = s_hat.shape[1], s_hat.shape[2]
+        gram_s = s_hat @ s_hat.transpose(1, 2) if samples <= features else None  # (G, M, M)
+        cross_off = _squared_frobenius(s_hat, t_hat, gram_s) / denom**2 - c_diag.square().sum(-1)  # (G,)
+        self_off = _squared_frobenius(s_hat, s_hat, gram_s) / denom**2 - a_diag.square().sum(-1)  # (G,)
+        return on_diag, cross_off, self_off
+    s_sq, t_sq = s_hat.square(), t_hat.square()  # (G, M, D)
+    s_norm = s_sq.sum(-1)  # (G, M)
+    cross_each = s_norm * t_sq.sum(-1) - (s_sq * t_sq).sum(-1)  # (G, M)
+    self_each = s_norm.square() - s_sq.square().sum(-1)  # (G, M)
+    cross_off = (cross_sample_weight * cross_each).sum(1) / denom**2
+    self_off = (self_sample_weight * self_each).sum(1) / denom**2
+    return on_diag, cross_off, self_off
+
+
+def reference_snr_weight(snr: torch.Tensor) -> torch.Tensor:
+    """w(snr) = 9.9 snr - 98 of the authors' reference code (10 dB -> 1, 20 dB -> 100); +inf dB -> +inf."""
+    return 9.9 * snr - 98.0
+
+
+def clipped_snr_weight(snr: torch.Tensor, snr_low: float = 10.0, snr_high: float = 20.0) -> torch.Tensor:
+    """Our `snr` mode: w rises linearly from 1 at ``snr_low`` to 100 at ``snr_high`` and is clipped to [1, 100]."""
+    return (1.0 + 99.0 * (snr - snr_low) / (snr_high - snr_low)).clamp(1.0, 100.0)
+
+
+def _snr_tensor(snr: torch.Tensor | None, name: str, batch: int, like: torch.Tensor) -> torch.Tensor:
+    if snr is None:
+        raise ValueError(f"{name} is required by the SNR weighting modes")
+    snr = torch.as_tensor(snr, dtype=like.dtype, device=like.device)
+    if snr.shape != (batch,):
+        raise ValueError(f"{name} must have shape (batch,) = ({batch},), got {tuple(snr.shape)}")
+    return snr
+
+
+def correlation_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    padding_mask: torch.Tensor | None = None,
+    *,
+    style: Style = "batch",
+    pool_positions: int = 150,
+    lambda_cross: float = 5e-5,
+    lambda_self: float = 5e-6,
+    diag_scale: float = 10.0,
+    cross_scale: float = 100.0,
+    self_scale: float = 50000.0,
+    cosine_weight: float = 1.0,
+    weighting: Weighting = "fixed",
+    student_snr: torch.Tensor | None = None,
+    teacher_snr: torch.Tensor | None = None,
+    snr_low: float = 10.0,
+    snr_high: float = 20.0,
+) -> CorrelationLossOutput:
+    """L_CL of METHOD.md 3.2: correlation terms per predicted layer plus the cosine term.
+
+    For each group (style ``batch``: every (layer, pooled position), samples = the B utterances; style ``frames``:
+    every layer, samples = all valid frames of the batch), features are standardised over the samples and
+        L = (1/diag_scale) sum_i (C_ii - 1)^2 + lambda_cross (1/cross_scale) sum_{i!=j} C_ij^2
+            + lambda_self (1/self_scale) sum_{i!=j} A_ij^2,
+    averaged over groups; the cosine term of L_KD is added on the pooled (``batch``) or valid (``frames``) frames.
+
+    Weighting (METHOD.md 3.4): ``fixed`` uses the lambdas as given; ``snr-reference`` divides every sample's
+    off-diagonal contribution by w = 9.9 snr - 98 of its view (teacher view for C, student view for A), defined for
+    SNRs above 9.9 dB only; ``snr`` scales lambda_cross by the batch mean of 1/w(teacher_snr) and lambda_self by
+    the batch mean of 1/w(student_snr), with w clipped to [1, 100] between ``snr_low`` and ``snr_high``.
+    """
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if pool_positions < 1:
+        raise ValueError(f"pool_positions must be >= 1, got {pool_positions}")
+    if student.shape[0] < 2:
+        raise ValueError(f"correlation_loss needs at least 2 utterances in the batch, got {student.shape[0]}")
+    with torch.autocast(student.device.type, enabled=False):
+        student, teacher, mask = _prepare(student, teacher, padding_mask)
+        batch, layers, frames, features = student.shape
+        cross_scale_by, self_scale_by = 1.0, 1.0
+        cross_weight = self_weight = None  # per-utterance weights of the snr-reference mode, (B,)
+        if weighting != "fixed":
+            t_snr = _snr_tensor(teacher_snr, "teacher_snr", batch, student)
+            s_snr = _snr_tensor(student_snr, "student_snr", batch, student)
+            if weighting == "snr":
+                cross_scale_by = clipped_snr_weight(t_snr, snr_low, snr_high).reciprocal().mean()
+                self_scale_by = clipped_snr_weight(s_snr, snr_low, snr_high).reciprocal().mean()
+            else:
+                cross_weight = reference_snr_weight(t_snr).reciprocal()
+                self_weight = reference_snr_weight(s_snr).reciprocal()
+
+        if style == "batch":
+            pooled_s = pool_valid_frames(student, mask, pool_positions)  # (B, N, P, D)
+            pooled_t = pool_valid_frames(teacher, mask, pool_positions)
+            groups = (layers * pool_positions, batch, features)
+            s_hat = _standardise(pooled_s.permute(1, 2, 0, 3).reshape(groups), None, batch)  # (N*P, B, D)
+            t_hat = _standardise(pooled_t.permute(1, 2, 0, 3).reshape(groups), None, batch)
+            denom = batch - 1
+            cosine = _cosine_term(pooled_s, pooled_t, torch.ones_like(mask[:, :1]).expand(batch, pool_positions))
+        else:
+            samples = (layers, batch * frames, features)
+            valid = mask.reshape(1, batch * frames, 1)  # (1, B*F, 1)
+            count = mask.sum()
+            s_hat = _standardise(student.transpose(0, 1).reshape(samples), valid, count)  # (N, B*F, D)
+            t_hat = _standardise(teacher.transpose(0, 1).reshape(samples), valid, count)
+            denom = count - 1
+            cosine = _cosine_term(student, teacher, mask)
+            if cross_weight is not None:  # every frame carries its utterance's weight
+                cross_weight = cross_weight.repeat_interleave(frames)
+                self_weight = self_weight.repeat_interleave(frames)
+
+        on_diag, cross_off, self_off = _correlation_terms(
+            s_hat,
+            t_hat,
+            denom,
+            None if cross_weight is None else cross_weight[None, :],
+            None if self_weight is None else self_weight[None, :],
+        )
+        on_diagonal = on_diag.mean() / diag_scale
+        off_diagonal_cross = lambda_cross * cross_scale_by * cross_off.mean() / cross_scale
+        off_diagonal_self = lambda_self * self_scale_by * self_off.mean() / self_scale
+        cosine = cosine_weight * cosine
+        return CorrelationLossOutput(
+            loss=on_diagonal + off_diagonal_cross + off_diagonal_self + cosine,
+            on_diagonal=on_diagonal,
+            off_diagonal_cross=off_diagonal_cross,
+            off_diagonal_self=off_diagonal_self,
+            cosine=cosine,
+        )
