@@ -216,6 +216,14 @@ class CorrDistillEncoder(nn.Module):
         return hidden_states, (tuple(all_hidden) if output_hidden_states else None)
 
 
+# Written into every saved config, so `trust_remote_code=True` finds each class beside the copied code.
+AUTO_MAP = {
+    "AutoConfig": "configuration_corrdistill.CorrDistillConfig",
+    "AutoModel": "modeling_corrdistill.CorrDistillModel",
+    "AutoModelForPreTraining": "modeling_corrdistill.CorrDistillForPreTraining",
+}
+
+
 class CorrDistillPreTrainedModel(PreTrainedModel):
     config_class = CorrDistillConfig
     base_model_prefix = "corrdistill"
@@ -244,6 +252,11 @@ class CorrDistillPreTrainedModel(PreTrainedModel):
         elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if self._auto_class is not None:  # registered for auto classes: make the folder load without this package
+            self.config.auto_map = {**AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _get_feat_extract_output_lengths(self, input_lengths: torch.Tensor | int) -> torch.Tensor | int:
         """Number of frames the CNN makes of `input_lengths` samples."""
@@ -289,7 +302,7 @@ class CorrDistillModel(CorrDistillPreTrainedModel):
         """
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         features = self.feature_extractor(input_values).transpose(1, 2)  # (B, F, C)
         frame_mask = None
         if attention_mask is not None:
@@ -340,7 +353,7 @@ class CorrDistillForPreTraining(CorrDistillPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> CorrDistillForPreTrainingOutput | tuple:
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         backbone = self.corrdistill(input_values, attention_mask, output_hidden_states=output_hidden_states)
         output = CorrDistillForPreTrainingOutput(
             predictions=self.prediction_heads(backbone.last_hidden_state),  # (B, N, F, D_teacher)

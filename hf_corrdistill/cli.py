@@ -1,0 +1,134 @@
+"""`train.py`: parse a YAML config plus flag overrides, check everything, then distil.
+
+    accelerate launch train.py configs/NAME.yaml [--field value ...]
+"""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import HfArgumentParser, set_seed
+
+from .configuration_corrdistill import CorrDistillConfig
+from .data import (
+    AudioCollator,
+    CroppedAudioDataset,
+    StreamedCroppedAudio,
+    default_feature_extractor,
+    load_audio_source,
+)
+from .modeling_corrdistill import CorrDistillForPreTraining
+from .teacher import check_compatible, init_student_from_teacher, load_teacher, load_teacher_config
+from .trainer import DistillationTrainer
+from .training_args import DataArguments, DistillationConfig
+
+logger = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, reported before any work starts."""
+
+
+def parse_args(argv: list[str]) -> tuple[DistillationConfig, DataArguments]:
+    """YAML file (first argument, optional) gives defaults; ``--field value`` flags override; unknown keys fail."""
+    parser = HfArgumentParser((DistillationConfig, DataArguments))
+    values: dict = {}
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        path = Path(argv[0])
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path} must hold a mapping of field: value")
+        argv = argv[1:]
+    known = {action.dest for action in parser._actions}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+    for action in parser._actions:  # flags that are not given must not override the YAML
+        action.default = argparse.SUPPRESS
+        action.required = False
+    flags, rest = parser.parse_known_args(argv)
+    if rest:
+        raise ConfigError(f"unknown argument(s): {' '.join(rest)}")
+    values.update(vars(flags))
+    try:
+        return parser.parse_dict(values)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(str(error)) from error
+
+
+def build_student_config(args: DistillationConfig, teacher_config) -> CorrDistillConfig:
+    """Student config: file (or DistilHuBERT defaults) + overrides + the teacher's width and predicted layers."""
+    config = CorrDistillConfig.from_pretrained(args.student_config) if args.student_config else CorrDistillConfig()
+    updates = dict(args.student_overrides or {})
+    unknown = sorted(k for k in updates if not hasattr(config, k))
+    if unknown:
+        raise ConfigError(f"student_overrides has unknown field(s): {', '.join(unknown)}")
+    updates["teacher_hidden_size"] = teacher_config.hidden_size
+    if args.pred_layers is not None:
+        updates["pred_layer_ids"] = tuple(args.pred_layers)
+    return CorrDistillConfig(**{**config.to_dict(), **updates})
+
+
+def _datasets(data: DataArguments, seed: int):
+    source = load_audio_source(
+        data.train_data, data.train_split, config_name=data.data_config_name, audio_column=data.audio_column,
+        streaming=data.streaming,
+    )
+    crop = {"audio_column": data.audio_column, "max_length": data.max_length, "min_length": data.min_length}
+    if data.streaming:
+        train = StreamedCroppedAudio(source, seed=seed, shuffle_buffer=data.shuffle_buffer, **crop)
+    else:
+        train = CroppedAudioDataset(source, seed=seed, **crop)
+    evaluation = None
+    if data.eval_split is not None:
+        eval_source = load_audio_source(
+            data.eval_data or data.train_data, data.eval_split, config_name=data.data_config_name,
+            audio_column=data.audio_column,
+        )
+        if data.max_eval_samples is not None:
+            eval_source = eval_source.select(range(min(data.max_eval_samples, len(eval_source))))
+        evaluation = CroppedAudioDataset(eval_source, seed=seed, **crop)
+    return train, evaluation
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args, data = parse_args(sys.argv[1:] if argv is None else argv)
+        teacher_config = load_teacher_config(args.teacher_name_or_path)
+        student_config = build_student_config(args, teacher_config)
+        check_compatible(student_config, teacher_config, args.teacher_name_or_path)
+    except ValueError as error:  # ConfigError, TeacherError and dataclass validation
+        raise SystemExit(f"configuration error: {error}") from None
+    set_seed(args.seed)
+    teacher = load_teacher(args.teacher_name_or_path, getattr(torch, args.teacher_dtype))
+    student = CorrDistillForPreTraining(student_config)
+    if args.init_from_teacher:
+        init_student_from_teacher(student, teacher)
+    train_dataset, eval_dataset = _datasets(data, args.seed)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher=teacher,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=AudioCollator(pad_to_multiple_of=student_config.inputs_to_logits_ratio),
+        processing_class=default_feature_extractor(),
+    )
+    logger.info("student: %.2fM backbone parameters; teacher layers %s", student.corrdistill.num_parameters() / 1e6,
+                list(student_config.pred_layer_ids))
+    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.save_state()
+    metrics = dict(result.metrics)
+    if eval_dataset is not None:
+        metrics.update(trainer.evaluate())  # every process takes part
+    if trainer.is_world_process_zero():
+        Path(args.output_dir, "distillation_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        logger.info("student written to %s", args.output_dir)

@@ -1,0 +1,209 @@
+"""Audio sources, decoding, random crops and padding for distillation.
+
+Every source becomes a `datasets` dataset with an ``Audio(decode=False)`` column, decoded here with soundfile
+(FLAC/WAV/OGG, no FFmpeg or torchcodec needed), mixed down to mono and resampled to 16 kHz with soxr where needed.
+"""
+
+import io
+import logging
+import math
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+from datasets import Audio, load_dataset, load_from_disk
+from transformers import Wav2Vec2FeatureExtractor
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+AUDIO_SUFFIXES = (".flac", ".wav", ".ogg")
+
+
+class AudioDecodeError(ValueError):
+    """An utterance that cannot be used; the message names it."""
+
+
+def _audio_files(folder: Path, split: str) -> list[str]:
+    """Audio files of ``split``: those under ``folder/split`` if it exists, else all of ``folder`` for "train"."""
+    root = folder / split if (folder / split).is_dir() else folder
+    if root is folder and split != "train":
+        raise FileNotFoundError(f"no folder {folder / split} for split {split!r}")
+    files = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no {'/'.join(AUDIO_SUFFIXES)} files under {root}")
+    return files
+
+
+def load_audio_source(
+    source: str,
+    split: str = "train",
+    *,
+    config_name: str | None = None,
+    audio_column: str = "audio",
+    streaming: bool = False,
+) -> datasets.Dataset | datasets.IterableDataset:
+    """Open an audio source as a dataset whose ``audio_column`` is ``Audio(decode=False)``.
+
+    ``source`` is a folder of audio files (``split`` subfolders optional), a folder written by ``save_to_disk``,
+    a parquet file or glob, or a Hub dataset id (with ``config_name``), streamed when ``streaming`` is set.
+    """
+    if "+" in split:  # "a+b+c": several splits, interleaved when streamed, concatenated otherwise
+        parts = [
+            load_audio_source(source, part, config_name=config_name, audio_column=audio_column, streaming=streaming)
+            for part in split.split("+")
+        ]
+        if streaming:
+            return datasets.interleave_datasets(parts, stopping_strategy="all_exhausted")
+        return datasets.concatenate_datasets(parts)
+    path = Path(source)
+    if path.is_dir():
+        if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+            dataset = load_from_disk(str(path))
+            if isinstance(dataset, datasets.DatasetDict):
+                if split not in dataset:
+                    raise KeyError(f"{source} has splits {list(dataset)}, not {split!r}")
+                dataset = dataset[split]
+        else:
+            dataset = datasets.Dataset.from_dict({audio_column: _audio_files(path, split)})
+        if streaming:
+            dataset = dataset.to_iterable_dataset()
+    elif path.suffix == ".parquet" or "*" in source:
+        dataset = load_dataset("parquet", data_files=source, split="train", streaming=streaming)
+    else:
+        dataset = load_dataset(source, config_name, split=split, streaming=streaming)
+    if dataset.features is not None and audio_column not in dataset.features:
+        raise KeyError(f"{source} has no column {audio_column!r}; columns: {list(dataset.features)}")
+    return dataset.cast_column(audio_column, Audio(decode=False))
+
+
+def default_feature_extractor() -> Wav2Vec2FeatureExtractor:
+    """The raw-waveform front end of HuBERT Base: 16 kHz, zero padding, no normalisation."""
+    return Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0, do_normalize=False, return_attention_mask=True
+    )
+
+
+def describe(value: dict[str, Any]) -> str:
+    return str(value.get("path") or "<in-memory audio>")
+
+
+def decode_audio(value: dict[str, Any], sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode an undecoded ``Audio`` value ({"bytes", "path"}) to float32 mono at ``sample_rate``.
+
+    Raises `AudioDecodeError` naming the file for unreadable, empty, silent or non-finite audio.
+    """
+    name = describe(value)
+    try:
+        source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+        samples, rate = sf.read(source, dtype="float32", always_2d=True)  # (T, channels)
+    except Exception as error:  # soundfile raises several types for broken files
+        raise AudioDecodeError(f"cannot decode {name}: {error}") from error
+    samples = samples.mean(axis=1)  # mono
+    if samples.size == 0:
+        raise AudioDecodeError(f"{name} holds no samples")
+    if not np.isfinite(samples).all():
+        raise AudioDecodeError(f"{name} contains NaN or inf samples")
+    if not np.any(samples):
+        raise AudioDecodeError(f"{name} is all zeros")
+    if rate != sample_rate:
+        samples = soxr.resample(samples, rate, sample_rate).astype(np.float32)
+    return samples
+
+
+class _CropMixin:
+    """Shared bookkeeping: decode, check length, crop reproducibly, count what was skipped."""
+
+    def _init_crop(self, audio_column: str, max_length: int, min_length: int, seed: int) -> None:
+        if min_length > max_length:
+            raise ValueError(f"min_length ({min_length}) exceeds max_length ({max_length})")
+        self.audio_column, self.max_length, self.min_length, self.seed = audio_column, max_length, min_length, seed
+        self.epoch = 0
+        self.skipped: Counter[str] = Counter()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _crop(self, value: dict[str, Any], key: int) -> np.ndarray | None:
+        try:
+            samples = decode_audio(value)
+        except AudioDecodeError as error:
+            self.skipped["undecodable"] += 1
+            warnings.warn(f"skipped: {error}", stacklevel=3)
+            return None
+        if samples.size < self.min_length:
+            self.skipped["too_short"] += 1
+            warnings.warn(f"skipped: {describe(value)} has {samples.size} samples < min_length", stacklevel=3)
+            return None
+        if samples.size > self.max_length:  # the crop depends only on (seed, epoch, key): reproducible anywhere
+            start = np.random.default_rng((self.seed, self.epoch, key)).integers(0, samples.size - self.max_length)
+            samples = samples[start : start + self.max_length]
+        return samples
+
+
+class CroppedAudioDataset(_CropMixin, torch.utils.data.Dataset):
+    """Map-style: item i is utterance i, randomly cropped to ``max_length``; an unusable one is replaced."""
+
+    def __init__(self, dataset: datasets.Dataset, audio_column: str, max_length: int, min_length: int, seed: int):
+        self.dataset = dataset
+        self._init_crop(audio_column, max_length, min_length, seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        for attempt in range(len(self.dataset)):
+            key = (index + attempt) % len(self.dataset)
+            samples = self._crop(self.dataset[key][self.audio_column], key)
+            if samples is not None:
+                return {"input_values": samples}
+        raise AudioDecodeError("no usable utterance in the dataset")
+
+
+class StreamedCroppedAudio(_CropMixin, torch.utils.data.IterableDataset):
+    """Iterable: a streamed dataset, shuffled through a seeded buffer, unusable utterances skipped and counted."""
+
+    def __init__(
+        self,
+        dataset: datasets.IterableDataset,
+        audio_column: str,
+        max_length: int,
+        min_length: int,
+        seed: int,
+        shuffle_buffer: int = 0,
+    ):
+        self.dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer) if shuffle_buffer > 0 else dataset
+        self._init_crop(audio_column, max_length, min_length, seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.dataset.set_epoch(epoch)
+
+    def __iter__(self):
+        for key, example in enumerate(self.dataset):
+            samples = self._crop(example[self.audio_column], key)
+            if samples is not None:
+                yield {"input_values": samples}
+
+
+class AudioCollator:
+    """Zero-pads a list of {"input_values": 1-D array} to (B, T) with a (B, T) attention mask."""
+
+    def __init__(self, pad_to_multiple_of: int = 1):
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        lengths = [len(f["input_values"]) for f in features]
+        longest = math.ceil(max(lengths) / self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_values = torch.zeros(len(features), longest)  # (B, T)
+        attention_mask = torch.zeros(len(features), longest, dtype=torch.long)  # (B, T)
+        for row, (feature, length) in enumerate(zip(features, lengths)):
+            input_values[row, :length] = torch.as_tensor(feature["input_values"])
+            attention_mask[row, :length] = 1
+        return {"input_values": input_values, "attention_mask": attention_mask}

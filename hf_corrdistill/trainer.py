@@ -1,0 +1,113 @@
+"""`DistillationTrainer`: a `Trainer` whose loss is the correlation (or DistilHuBERT) objective against a frozen teacher."""
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, Trainer, TrainerCallback
+from transformers.utils import ModelOutput
+
+from .losses import correlation_loss, distilhubert_loss
+from .teacher import teacher_targets
+from .training_args import DistillationConfig
+
+
+@dataclass
+class DistillationOutput(ModelOutput):
+    """What `compute_loss(..., return_outputs=True)` returns beside the loss."""
+
+    loss: torch.Tensor | None = None
+    terms: dict[str, torch.Tensor] | None = None
+    predictions: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
+    frame_mask: torch.Tensor | None = None
+
+
+class _EpochSetter(TrainerCallback):
+    """Gives datasets with `set_epoch` (our crop datasets) the epoch, so crops differ between epochs."""
+
+    def __init__(self, *datasets):
+        self.datasets = [d for d in datasets if hasattr(d, "set_epoch")]
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        for dataset in self.datasets:
+            dataset.set_epoch(int(state.epoch or 0))
+
+
+class DistillationTrainer(Trainer):
+    """Distils a frozen `teacher` into `model` (a `CorrDistillForPreTraining`).
+
+    The teacher runs in eval mode without gradients, is placed by accelerate but never wrapped for data
+    parallelism, never enters the optimizer and is never written into checkpoints (only `self.model` is).
+    """
+
+    # compute_loss returns a per-batch mean, so the Trainer divides it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, model: PreTrainedModel, teacher: PreTrainedModel, args: DistillationConfig, **kwargs):
+        super().__init__(model=model, args=args, **kwargs)
+        teacher.eval().requires_grad_(False)
+        self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
+        self.teacher_layers = tuple(model.config.pred_layer_ids)
+        self.loss_fn = correlation_loss if args.loss == "correlation" else distilhubert_loss
+        self.loss_kwargs = args.loss_kwargs()
+        self._terms: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self.add_callback(_EpochSetter(self.train_dataset, self.eval_dataset))
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, DistillationOutput]:
+        student_values = inputs["input_values"]  # (B, T)
+        teacher_values = inputs.get("teacher_input_values", student_values)  # (B, T): its own view when given
+        attention_mask = inputs.get("attention_mask")  # (B, T)
+        with torch.no_grad():
+            teacher_mask = attention_mask if self.args.teacher_attention_mask else None
+            targets = teacher_targets(self.teacher, teacher_values, teacher_mask, self.teacher_layers)  # (B, N, F, D)
+        outputs = model(input_values=student_values, attention_mask=attention_mask)
+        predictions = outputs.predictions  # (B, N, F, D)
+        if predictions.shape != targets.shape:
+            raise RuntimeError(f"student predictions {tuple(predictions.shape)} and teacher targets "
+                               f"{tuple(targets.shape)} do not align")
+        snr = {}
+        if self.args.loss == "correlation":
+            snr = {"student_snr": inputs.get("student_snr"), "teacher_snr": inputs.get("teacher_snr")}
+        result = self.loss_fn(predictions, targets, outputs.frame_mask, **self.loss_kwargs, **snr)
+        terms = {name: value for name, value in result.items() if name != "loss"}
+        mode = "train" if model.training else "eval"
+        for name, value in terms.items():
+            self._terms[mode][name].append(value.detach())
+        if not return_outputs:
+            return result.loss
+        return result.loss, DistillationOutput(
+            loss=result.loss, terms=terms, predictions=predictions, targets=targets, frame_mask=outputs.frame_mask
+        )
+
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """No labels here: the distillation loss is the evaluation metric."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds the mean of every loss term since the last log, averaged over processes."""
+        mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        for name, values in self._terms[mode].items():
+            if values:
+                mean = self.accelerator.reduce(torch.stack(values).mean(), reduction="mean")
+                logs[f"{prefix}{name}"] = mean.item()
+        self._terms[mode].clear()
+        super().log(logs, start_time)

@@ -1,0 +1,169 @@
+"""Configuration dataclasses of a distillation run, parsed by `HfArgumentParser` from YAML and flags."""
+
+import inspect
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from transformers import TrainingArguments
+
+from .losses import STYLES, WEIGHTINGS, correlation_loss, distilhubert_loss
+
+_CORRELATION_DEFAULTS = {k: p.default for k, p in inspect.signature(correlation_loss).parameters.items()}
+_KD_DEFAULTS = {k: p.default for k, p in inspect.signature(distilhubert_loss).parameters.items()}
+LOSSES = ("correlation", "distilhubert")
+TEACHER_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _loss_default(name: str) -> Any:
+    """Loss hyper-parameter defaults come from the loss functions' signatures: defined once."""
+    return _CORRELATION_DEFAULTS.get(name, _KD_DEFAULTS.get(name))
+
+
+@dataclass
+class DistillationConfig(TrainingArguments):
+    """`TrainingArguments` plus the teacher, the student and the objective (METHOD.md sections 2, 3 and 5)."""
+
+    teacher_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Teacher: a Hub id or local folder that AutoModel loads (HuBERT, WavLM, wav2vec 2.0, ...)."},
+    )
+    student_config: str | None = field(
+        default=None,
+        metadata={"help": "A CorrDistillConfig (folder or config.json) for the student; default: DistilHuBERT."},
+    )
+    student_overrides: dict | str | None = field(
+        default=None,
+        metadata={"help": "Student config fields to override, as a mapping (YAML) or a JSON string (flag)."},
+    )
+    pred_layers: list[int] | None = field(
+        default=None,
+        metadata={"help": "Teacher layers to predict, indexed like hidden_states (1 = first layer's output); "
+                  "default: the student config's pred_layer_ids (4 8 12)."},
+    )
+    init_from_teacher: bool = field(
+        default=True,
+        metadata={"help": "Copy the teacher's CNN, projection, positional conv and first layers into the student."},
+    )
+    teacher_dtype: Literal[TEACHER_DTYPES] = field(
+        default="float32", metadata={"help": "Precision of the frozen teacher's weights."}
+    )
+    teacher_attention_mask: bool = field(
+        default=True, metadata={"help": "Pass the padding mask to the teacher (False for models trained without)."}
+    )
+    loss: Literal[LOSSES] = field(
+        default="correlation",
+        metadata={"help": "'correlation' (L_CL, METHOD.md 3.2) or 'distilhubert' (L1 + cosine, METHOD.md 3.1)."},
+    )
+    correlation_style: Literal[STYLES] = field(
+        default=_loss_default("style"),
+        metadata={"help": "'batch': correlations over the batch per pooled position (reference); "
+                  "'frames': over all valid frames."},
+    )
+    pool_positions: int = field(
+        default=_loss_default("pool_positions"), metadata={"help": "Pooled positions P of the batch style."}
+    )
+    lambda_cross: float = field(
+        default=_loss_default("lambda_cross"), metadata={"help": "Weight of the cross-correlation off-diagonal."}
+    )
+    lambda_self: float = field(
+        default=_loss_default("lambda_self"), metadata={"help": "Weight of the self-correlation off-diagonal."}
+    )
+    diag_scale: float = field(default=_loss_default("diag_scale"), metadata={"help": "Divisor s_d of the diagonal."})
+    cross_scale: float = field(
+        default=_loss_default("cross_scale"), metadata={"help": "Divisor s_cc of the cross off-diagonal."}
+    )
+    self_scale: float = field(
+        default=_loss_default("self_scale"), metadata={"help": "Divisor s_sc of the self off-diagonal."}
+    )
+    cosine_weight: float = field(
+        default=_loss_default("cosine_weight"), metadata={"help": "Weight of the -log sigmoid(cosine) term."}
+    )
+    weighting: Literal[WEIGHTINGS] = field(
+        default=_loss_default("weighting"),
+        metadata={"help": "Correlation term weighting (METHOD.md 3.4): 'fixed', 'snr-reference' or 'snr'."},
+    )
+    snr_low: float = field(default=_loss_default("snr_low"), metadata={"help": "SNR (dB) where w = 1 in 'snr'."})
+    snr_high: float = field(default=_loss_default("snr_high"), metadata={"help": "SNR (dB) where w = 100 in 'snr'."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the collator builds the model inputs."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.teacher_name_or_path:
+            raise ValueError("teacher_name_or_path is required: a Hub id or a local folder of an audio encoder")
+        if isinstance(self.student_overrides, str):
+            try:
+                self.student_overrides = json.loads(self.student_overrides)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"student_overrides is not valid JSON: {error}") from error
+        if self.student_overrides is not None and not isinstance(self.student_overrides, dict):
+            raise ValueError(f"student_overrides must be a mapping, got {type(self.student_overrides).__name__}")
+        if self.pred_layers is not None and (not self.pred_layers or min(self.pred_layers) < 1):
+            raise ValueError(f"pred_layers must be teacher layers >= 1, got {self.pred_layers}")
+        for name, allowed in (("loss", LOSSES), ("correlation_style", STYLES), ("weighting", WEIGHTINGS),
+                              ("teacher_dtype", TEACHER_DTYPES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.pool_positions < 1:
+            raise ValueError(f"pool_positions must be >= 1, got {self.pool_positions}")
+        for name in ("diag_scale", "cross_scale", "self_scale"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("lambda_cross", "lambda_self", "cosine_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.snr_high <= self.snr_low:
+            raise ValueError(f"snr_high ({self.snr_high}) must exceed snr_low ({self.snr_low})")
+        if self.loss == "correlation" and self.per_device_train_batch_size < 2:
+            raise ValueError("the correlation loss needs per_device_train_batch_size >= 2")
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the selected loss function, from this config."""
+        if self.loss == "distilhubert":
+            return {"cosine_weight": self.cosine_weight}
+        return {
+            "style": self.correlation_style,
+            "pool_positions": self.pool_positions,
+            "lambda_cross": self.lambda_cross,
+            "lambda_self": self.lambda_self,
+            "diag_scale": self.diag_scale,
+            "cross_scale": self.cross_scale,
+            "self_scale": self.self_scale,
+            "cosine_weight": self.cosine_weight,
+            "weighting": self.weighting,
+            "snr_low": self.snr_low,
+            "snr_high": self.snr_high,
+        }
+
+
+@dataclass
+class DataArguments:
+    """Where the speech comes from and how it is cut."""
+
+    train_data: str | None = field(
+        default=None,
+        metadata={"help": "Training audio: a folder of audio files, a save_to_disk folder, parquet file(s) or a "
+                  "Hub dataset id."},
+    )
+    train_split: str = field(default="train", metadata={"help": "Split of train_data."})
+    data_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    eval_data: str | None = field(default=None, metadata={"help": "Evaluation audio; default: train_data."})
+    eval_split: str | None = field(
+        default=None, metadata={"help": "Split of eval_data; none disables evaluation unless eval_data is set."}
+    )
+    audio_column: str = field(default="audio", metadata={"help": "Column holding the audio."})
+    streaming: bool = field(default=False, metadata={"help": "Stream the training data instead of indexing it."})
+    shuffle_buffer: int = field(default=1000, metadata={"help": "Shuffle buffer of a streamed source."})
+    max_length: int = field(default=250_000, metadata={"help": "Random crop length in samples (15.6 s at 16 kHz)."})
+    min_length: int = field(default=8_000, metadata={"help": "Shorter utterances are skipped (samples)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many."})
+
+    def __post_init__(self):
+        if not self.train_data:
+            raise ValueError("train_data is required: a folder, a saved dataset, parquet files or a Hub dataset id")
+        if self.min_length < 400:
+            raise ValueError(f"min_length must be >= 400 samples (one CNN frame), got {self.min_length}")
+        if self.max_length < self.min_length:
+            raise ValueError(f"max_length ({self.max_length}) must be >= min_length ({self.min_length})")
