@@ -6,6 +6,7 @@
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -35,7 +36,7 @@ class ConfigError(ValueError):
 
 def parse_args(argv: list[str]) -> tuple[DistillationConfig, DataArguments]:
     """YAML file (first argument, optional) gives defaults; ``--field value`` flags override; unknown keys fail."""
-    parser = HfArgumentParser((DistillationConfig, DataArguments))
+    parser = HfArgumentParser((DistillationConfig, DataArguments), exit_on_error=False)
     values: dict = {}
     if argv and argv[0].endswith((".yaml", ".yml")):
         path = Path(argv[0])
@@ -52,14 +53,33 @@ def parse_args(argv: list[str]) -> tuple[DistillationConfig, DataArguments]:
     for action in parser._actions:  # flags that are not given must not override the YAML
         action.default = argparse.SUPPRESS
         action.required = False
-    flags, rest = parser.parse_known_args(argv)
+    try:
+        flags, rest = parser.parse_known_args(argv)
+    except argparse.ArgumentError as error:
+        raise ConfigError(str(error)) from error
     if rest:
         raise ConfigError(f"unknown argument(s): {' '.join(rest)}")
     values.update(vars(flags))
+    if _launched_processes() > 1 and not torch.cuda.is_available():
+        values.setdefault("use_cpu", True)  # several processes and no GPU: DDP on the CPU over gloo
     try:
         return parser.parse_dict(values)
     except (ValueError, TypeError) as error:
         raise ConfigError(str(error)) from error
+
+
+def _launched_processes() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _warn_single_cpu_process() -> None:
+    """`accelerate launch --cpu --num_processes N` starts one process unless mpirun is set up: say so."""
+    asked_for_several = "MASTER_ADDR" in os.environ and os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true"
+    if asked_for_several and "WORLD_SIZE" not in os.environ:
+        logger.warning(
+            "accelerate's --cpu launcher started a single process (it needs mpirun for more); for N processes on "
+            "CPUs use: accelerate launch --multi_gpu --num_processes N train.py CONFIG"
+        )
 
 
 def build_student_config(args: DistillationConfig, teacher_config) -> CorrDistillConfig:
@@ -99,6 +119,7 @@ def _datasets(data: DataArguments, seed: int):
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _warn_single_cpu_process()
     try:
         args, data = parse_args(sys.argv[1:] if argv is None else argv)
         teacher_config = load_teacher_config(args.teacher_name_or_path)
@@ -106,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
         check_compatible(student_config, teacher_config, args.teacher_name_or_path)
     except ValueError as error:  # ConfigError, TeacherError and dataclass validation
         raise SystemExit(f"configuration error: {error}") from None
+    if args.ddp_find_unused_parameters is None:  # every student parameter is used unless layers can be dropped
+        args.ddp_find_unused_parameters = student_config.layerdrop > 0
     set_seed(args.seed)
     teacher = load_teacher(args.teacher_name_or_path, getattr(torch, args.teacher_dtype))
     student = CorrDistillForPreTraining(student_config)

@@ -1,0 +1,196 @@
+"""train.py end to end: configuration parsing, the Trainer's loss, accumulation, precision, resume and DDP."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import ROOT, tiny_student_config, tiny_teacher
+from safetensors import safe_open
+from transformers import AutoModel
+
+from hf_corrdistill import CorrDistillForPreTraining
+from hf_corrdistill.cli import ConfigError, main, parse_args
+from hf_corrdistill.data import AudioCollator, CroppedAudioDataset, load_audio_source
+from hf_corrdistill.losses import correlation_loss
+from hf_corrdistill.teacher import teacher_targets
+from hf_corrdistill.trainer import DistillationTrainer
+from hf_corrdistill.training_args import DistillationConfig
+
+DEMO_CONFIG = str(ROOT / "configs" / "demo.yaml")
+TERMS = ("on_diagonal", "off_diagonal_cross", "off_diagonal_self", "cosine")
+
+
+@pytest.fixture(autouse=True)
+def _run_from_repo_root(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the demo config names demo_data/ relative to the repository
+
+
+# ---------------------------------------------------------------- configuration
+def test_yaml_gives_defaults_and_flags_override(tmp_path, demo_data):
+    args, data = parse_args([DEMO_CONFIG, "--lambda_cross", "0.001", "--output_dir", str(tmp_path),
+                             "--student_overrides", '{"hidden_size": 64, "num_attention_heads": 8}'])
+    assert args.lambda_cross == 0.001
+    assert args.pool_positions == 50  # from the YAML
+    assert args.lambda_self == 5e-6  # the loss function's own default
+    assert args.student_overrides == {"hidden_size": 64, "num_attention_heads": 8}
+    assert data.train_data == "demo_data/speech"
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--no_such_flag", "1"], "unknown argument"),
+        (["--weighting", "auto"], "weighting"),
+        (["--snr_low", "25"], "snr_high"),
+        (["--per_device_train_batch_size", "1"], "batch_size >= 2"),
+    ],
+)
+def test_configuration_mistakes_fail_at_parse_time(extra, message, tmp_path):
+    with pytest.raises((ConfigError, SystemExit), match=message):
+        parse_args([DEMO_CONFIG, "--output_dir", str(tmp_path), *extra])
+
+
+def test_unknown_yaml_key_is_named(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("teacher_name_or_path: x\ntrain_data: y\nlamda_cross: 1.0\n")
+    with pytest.raises(ConfigError, match="lamda_cross"):
+        parse_args([str(config)])
+
+
+def test_unknown_student_field_and_incompatible_teacher_fail_before_training(tmp_path, demo_data):
+    with pytest.raises(SystemExit, match="student_overrides has unknown field"):
+        main([DEMO_CONFIG, "--output_dir", str(tmp_path), "--student_overrides", '{"hiden_size": 3}'])
+    with pytest.raises(SystemExit, match="exceed the depth"):
+        main([DEMO_CONFIG, "--output_dir", str(tmp_path), "--pred_layers", "2", "9"])
+
+
+def test_paper_config_fails_fast_without_the_hub():
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "train.py", "configs/distilhubert-hubert-base.yaml"], cwd=ROOT,
+                            capture_output=True, text=True, env=env, timeout=120)
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("configuration error:") and "facebook/hubert-base-ls960" in last and "Hub" in last
+    assert elapsed < 30, elapsed  # seconds, most of them spent importing torch and transformers
+
+
+# ---------------------------------------------------------------- the Trainer
+def tiny_trainer(tmp_path, demo_data, **overrides) -> DistillationTrainer:
+    values = dict(teacher_name_or_path="tiny", output_dir=str(tmp_path), per_device_train_batch_size=4,
+                  report_to="none", max_steps=2, pool_positions=10, seed=0, lambda_cross=0.1, lambda_self=0.1,
+                  self_scale=1.0)
+    values.update(overrides)
+    args = DistillationConfig(**values)
+    source = load_audio_source(str(demo_data / "speech"), "train")
+    dataset = CroppedAudioDataset(source, "audio", max_length=16000, min_length=8000, seed=0)
+    config = tiny_student_config(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    return DistillationTrainer(model=CorrDistillForPreTraining(config), teacher=tiny_teacher(), args=args,
+                               train_dataset=dataset, data_collator=AudioCollator(320))
+
+
+def test_compute_loss_is_the_correlation_loss_on_teacher_targets(tmp_path, demo_data):
+    trainer = tiny_trainer(tmp_path, demo_data)
+    batch = next(iter(trainer.get_train_dataloader()))
+    loss, out = trainer.compute_loss(trainer.model, batch, return_outputs=True)
+    with torch.no_grad():
+        targets = teacher_targets(trainer.teacher, batch["input_values"], batch["attention_mask"], (1, 2, 3))
+    torch.testing.assert_close(out.targets, targets)
+    expected = correlation_loss(out.predictions, targets, out.frame_mask, **trainer.args.loss_kwargs())
+    torch.testing.assert_close(loss, expected.loss)
+    assert set(out.terms) == set(TERMS)
+
+
+def test_teacher_is_frozen_and_outside_the_optimizer(tmp_path, demo_data):
+    trainer = tiny_trainer(tmp_path, demo_data)
+    trainer.create_optimizer()
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in trainer.teacher.parameters()}
+    assert not any(p.requires_grad for p in trainer.teacher.parameters())
+    trainer.train()
+    assert not trainer.teacher.training
+
+
+def test_gradient_accumulation_averages_micro_batches(tmp_path, demo_data):
+    trainer = tiny_trainer(tmp_path, demo_data, gradient_accumulation_steps=2)
+    trainer.current_gradient_accumulation_steps = 2
+    loader = iter(trainer.get_train_dataloader())
+    batches = [next(loader), next(loader)]
+    model = trainer.model.train()
+    reported = sum(trainer.training_step(model, batch) for batch in batches)
+    accumulated = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    manual = sum(trainer.compute_loss(model, batch) for batch in batches) / 2
+    manual.backward()
+    torch.testing.assert_close(reported, manual.detach())
+    for got, want in zip(accumulated, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(got, want)
+
+
+def test_bf16_autocast_keeps_the_loss_in_float32(tmp_path, demo_data):
+    trainer = tiny_trainer(tmp_path, demo_data, bf16=True, use_cpu=True)
+    batch = next(iter(trainer.get_train_dataloader()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what accelerate wraps the forward passes in
+        loss, out = trainer.compute_loss(trainer.model, batch, return_outputs=True)
+    assert out.predictions.dtype == torch.bfloat16  # the network ran under autocast
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    trainer.train()
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+# ---------------------------------------------------------------- train.py end to end
+def _log(folder):
+    return json.loads((folder / "trainer_state.json").read_text())["log_history"]
+
+
+@pytest.mark.slow
+def test_demo_run_logs_terms_evaluates_and_saves_a_loadable_student(tmp_path, demo_data):
+    out = tmp_path / "run"
+    main([DEMO_CONFIG, "--output_dir", str(out), "--max_steps", "6", "--logging_steps", "2", "--eval_steps", "3",
+          "--save_steps", "3"])
+    history = _log(out)
+    train_logs = [h for h in history if "loss" in h]
+    assert len(train_logs) == 3 and all(all(term in h for term in TERMS) for h in train_logs)
+    assert any("eval_loss" in h and all(f"eval_{term}" in h for term in TERMS) for h in history)
+    student = AutoModel.from_pretrained(out)
+    assert type(student).__name__ == "CorrDistillModel"
+    assert (out / "preprocessor_config.json").exists() and (out / "checkpoint-6").is_dir()
+    with safe_open(out / "model.safetensors", "pt") as weights:  # the student only, never the teacher
+        assert all(k.startswith(("corrdistill.", "prediction_heads.")) for k in weights.keys())
+    results = json.loads((out / "distillation_results.json").read_text())
+    assert results["eval_loss"] > 0
+
+
+@pytest.mark.slow
+def test_resume_from_checkpoint_continues_the_same_run(tmp_path, demo_data):
+    flags = ["--max_steps", "6", "--logging_steps", "1", "--save_steps", "3", "--eval_strategy", "no"]
+    main([DEMO_CONFIG, "--output_dir", str(tmp_path / "full"), *flags])
+    main([DEMO_CONFIG, "--output_dir", str(tmp_path / "cut"), *flags, "--max_steps", "3"])
+    main([DEMO_CONFIG, "--output_dir", str(tmp_path / "cut"), *flags,
+          "--resume_from_checkpoint", str(tmp_path / "cut" / "checkpoint-3")])
+    full = {h["step"]: h["loss"] for h in _log(tmp_path / "full") if "loss" in h}
+    resumed = {h["step"]: h["loss"] for h in _log(tmp_path / "cut") if "loss" in h}
+    assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
+    for step in (4, 5, 6):
+        assert resumed[step] == pytest.approx(full[step], rel=1e-5), step
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path, demo_data):
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "train.py", DEMO_CONFIG, "--output_dir", str(out), "--max_steps", "4", "--logging_steps", "2",
+               "--eval_steps", "4", "--save_steps", "4"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stderr.count("student written to") == 1  # rank 0 only
+    history = _log(out)
+    assert history[-1]["epoch"] == 1.0  # 4 steps x 8 utterances x 2 processes = the 60-utterance corpus, once
+    assert any("eval_loss" in h for h in history) and any("on_diagonal" in h for h in history)
+    AutoModel.from_pretrained(out)
