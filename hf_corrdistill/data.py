@@ -203,7 +203,7 @@ class AudioCollator:
         longest = math.ceil(max(lengths) / self.pad_to_multiple_of) * self.pad_to_multiple_of
         input_values = torch.zeros(len(features), longest)  # (B, T)
         attention_mask = torch.zeros(len(features), longest, dtype=torch.long)  # (B, T)
-        for row, (feature, length) in enumerate(zip(features, lengths)):
+        for row, (feature, length) in enumerate(zip(features, lengths, strict=True)):
             input_values[row, :length] = torch.as_tensor(feature["input_values"])
             attention_mask[row, :length] = 1
         return {"input_values": input_values, "attention_mask": attention_mask}

@@ -48,12 +48,12 @@ class DistilHubertLossOutput(ModelOutput):
 
 
 def _prepare(
-    student: torch.Tensor, teacher: torch.Tensor, padding_mask: torch.Tensor | None
+    student: torch.Tensor, teacher: torch.Tensor, padding_mask: torch.Tensor | None, zero_padding: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Validate shapes, upcast half precision to float32, zero padded frames and return the (B, F) bool mask.
+    """Validate shapes, upcast half precision to float32 and return the (B, F) bool mask.
 
-    Zeroing with `where` (not a product) makes padded frames inert even when they hold NaN or inf, in the values
-    and in the gradients.
+    With ``zero_padding``, padded frames are replaced by zeros with `where` (not a product), which makes them inert
+    even when they hold NaN or inf, in the values and in the gradients.
     """
     if student.dim() != 4 or student.shape != teacher.shape:
         raise ValueError(
@@ -61,18 +61,20 @@ def _prepare(
             f"and {tuple(teacher.shape)}"
         )
     batch, _, frames, _ = student.shape
-    if padding_mask is None:
-        padding_mask = torch.ones(batch, frames, dtype=torch.bool, device=student.device)
-    elif padding_mask.shape != (batch, frames):
-        raise ValueError(f"padding_mask must be (batch, frames) = {(batch, frames)}, got {tuple(padding_mask.shape)}")
     dtype = torch.promote_types(torch.promote_types(student.dtype, teacher.dtype), torch.float32)
+    if padding_mask is None:
+        return student.to(dtype), teacher.to(dtype), torch.ones(batch, frames, dtype=torch.bool, device=student.device)
+    if padding_mask.shape != (batch, frames):
+        raise ValueError(f"padding_mask must be (batch, frames) = {(batch, frames)}, got {tuple(padding_mask.shape)}")
     mask = padding_mask.to(device=student.device, dtype=torch.bool)
+    if not zero_padding:
+        return student.to(dtype), teacher.to(dtype), mask
     valid = mask[:, None, :, None]  # (B, 1, F, 1)
     return student.to(dtype).where(valid, 0.0), teacher.to(dtype).where(valid, 0.0), mask
 
 
 def _cosine_term(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """mean_n [ mean over valid (b, f) of -log sigmoid(cos(S_bf, T_bf)) ]; student/teacher (B, N, F, D), mask (B, F)."""
+    """mean_n [ mean over valid (b, f) of -log sigmoid(cos(S_bf, T_bf)) ]; inputs (B, N, F, D), mask (B, F)."""
     neg_log_sig = -F.logsigmoid(F.cosine_similarity(student, teacher, dim=-1))  # (B, N, F)
     valid = mask[:, None, :]  # (B, 1, F)
     per_layer = neg_log_sig.where(valid, 0.0).sum((0, 2)) / valid.sum((0, 2)).clamp_min(1)  # (N,)
@@ -102,36 +104,50 @@ def distilhubert_loss(
 def pool_valid_frames(features: torch.Tensor, mask: torch.Tensor, positions: int) -> torch.Tensor:
     """Average each utterance's valid frames into ``positions`` bins, as ``AdaptiveAvgPool1d`` does on a crop.
 
-    Bin p of an utterance with L valid frames averages its valid frames floor(pL/P) .. ceil((p+1)L/P) - 1, so a
-    pooled position means the same relative position in every utterance; with L < P neighbouring bins share frames.
-    Padded frames are never indexed. features (B, N, F, D), mask (B, F) -> (B, N, P, D).
+    Bin p of an utterance with L valid frames averages its valid frames of rank floor(pL/P) .. ceil((p+1)L/P) - 1,
+    so a pooled position means the same relative position in every utterance; with L < P neighbouring bins share
+    frames. The bins form a sparse averaging matrix with a fixed number K = ceil(F/P) + 1 of entries per bin
+    (unused entries repeat a frame of the bin with weight 0), applied by one sparse matmul: exact, with no
+    data-dependent shapes, and padded frames are never read, so even NaN there changes nothing.
+    features (B, N, F, D), mask (B, F) -> (B, N, P, D).
     """
-    batch, _, frames, _ = features.shape
+    batch, layers, frames, width = features.shape
     device = features.device
+    slots = -(-frames // positions) + 1  # a bin spans at most ceil(F / P) + 1 frames
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # (B, F): valid frame indices first
     length = mask.sum(1, keepdim=True)  # (B, 1)
     p = torch.arange(positions, device=device)[None, :]  # (1, P)
-    start = (p * length) // positions  # (B, P)
-    end = ((p + 1) * length + positions - 1) // positions  # (B, P), ceil
-    count = (end - start).clamp_min(1).to(features.dtype)  # (B, P)
-    rows = torch.arange(batch, device=device)[:, None]  # (B, 1)
-    pooled = None
-    for k in range(-(-frames // positions) + 1):  # a bin spans at most ceil(F / P) + 1 frames
-        slot = start + k  # (B, P)
-        inside = (slot < end).to(features.dtype) / count  # (B, P): 1 / count for frames inside the bin, else 0
-        frame = order.gather(1, torch.minimum(slot, end - 1).clamp_min(0))  # (B, P), always a valid frame
-        term = features[rows, :, frame] * inside[..., None, None]  # (B, P, N, D)
-        pooled = term if pooled is None else pooled + term
-    return pooled.transpose(1, 2)  # (B, N, P, D)
+    start = (p * length) // positions  # (B, P), rank of the first frame of each bin
+    end = ((p + 1) * length + positions - 1) // positions  # (B, P), one past the last rank (ceil)
+    rank = start[..., None] + torch.arange(slots, device=device)  # (B, P, K)
+    weight = (rank < end[..., None]).to(features.dtype) / (end - start).clamp_min(1)[..., None]  # (B, P, K)
+    frame = order.gather(1, torch.minimum(rank, end[..., None] - 1).clamp_min(0).flatten(1))  # (B, P*K)
+    utterance_layer = torch.arange(batch * layers, device=device).view(batch, layers, 1, 1)  # (B, N, 1, 1)
+    rows = utterance_layer * positions + p.view(1, 1, positions, 1)  # (B, N, P, 1)
+    cols = utterance_layer * frames + frame.view(batch, 1, positions, slots)  # (B, N, P, K)
+    indices = torch.stack([rows.expand(-1, -1, -1, slots).flatten(), cols.flatten()])  # (2, B*N*P*K)
+    values = weight[:, None].expand(batch, layers, positions, slots).flatten()
+    averaging = torch.sparse_coo_tensor(
+        indices, values, (batch * layers * positions, batch * layers * frames), check_invariants=False
+    )
+    pooled = torch.sparse.mm(averaging, features.reshape(batch * layers * frames, width))  # (B*N*P, D)
+    return pooled.view(batch, layers, positions, width)
 
 
-def _standardise(x: torch.Tensor, valid: torch.Tensor | None, count: torch.Tensor | int) -> torch.Tensor:
-    """(x - mean) / (std + eps) over dim 1 of x (G, M, D), invalid samples (zero) excluded; unbiased std."""
+def _standardise(
+    x: torch.Tensor, valid: torch.Tensor | None, count: torch.Tensor | int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x - mean) / (std + eps) over dim 1 of x (G, M, D), invalid samples (zero) excluded; unbiased std.
+
+    Also returns sum_m x_hat_m^2 / (count - 1) per (G, D), the diagonal of the self-correlation, from the
+    statistics alone: var / (std + eps)^2.
+    """
     centred = x - x.sum(1, keepdim=True) / count  # (G, M, D)
     if valid is not None:
         centred = centred.where(valid, 0.0)
-    std = (centred.square().sum(1, keepdim=True) / (count - 1)).clamp_min(_VAR_FLOOR).sqrt()  # (G, 1, D)
-    return centred / (std + STD_EPS)
+    var = centred.square().sum(1, keepdim=True) / (count - 1)  # (G, 1, D)
+    inv = (var.clamp_min(_VAR_FLOOR).sqrt() + STD_EPS).reciprocal()  # (G, 1, D)
+    return centred * inv, (var * inv.square()).squeeze(1)  # a product: cheaper to differentiate than a quotient
 
 
 def _squared_frobenius(x: torch.Tensor, y: torch.Tensor, gram_x: torch.Tensor | None) -> torch.Tensor:
@@ -147,18 +163,18 @@ def _squared_frobenius(x: torch.Tensor, y: torch.Tensor, gram_x: torch.Tensor | 
 def _correlation_terms(
     s_hat: torch.Tensor,
     t_hat: torch.Tensor,
+    a_diag: torch.Tensor,
     denom: torch.Tensor | int,
     cross_sample_weight: torch.Tensor | None,
     self_sample_weight: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per group g: sum_i (C_ii - 1)^2, sum_{i!=j} C_ij^2 and sum_{i!=j} A_ij^2 for standardised (G, M, D) inputs.
 
-    C = s_hat^T t_hat / denom and A = s_hat^T s_hat / denom. With per-sample weights (G, M) the off-diagonal sums
-    are instead sum_m w_m sum_{i!=j} (a_mi b_mj / denom)^2, the per-sample form of the reference code (METHOD.md
-    3.4), computed as ||a||^2 ||b||^2 - sum_i a_i^2 b_i^2 per sample.
+    C = s_hat^T t_hat / denom and A = s_hat^T s_hat / denom, whose diagonal ``a_diag`` (G, D) is given. With
+    per-sample weights (G, M) the off-diagonal sums are instead sum_m w_m sum_{i!=j} (a_mi b_mj / denom)^2, the
+    per-sample form of the reference code (METHOD.md 3.4), computed as ||a||^2 ||b||^2 - sum_i a_i^2 b_i^2.
     """
     c_diag = (s_hat * t_hat).sum(1) / denom  # (G, D)
-    a_diag = s_hat.square().sum(1) / denom  # (G, D)
     on_diag = (c_diag - 1).square().sum(-1)  # (G,)
     if cross_sample_weight is None:
         samples, features = s_hat.shape[1], s_hat.shape[2]
@@ -225,6 +241,8 @@ def correlation_loss(
     off-diagonal contribution by w = 9.9 snr - 98 of its view (teacher view for C, student view for A), defined for
     SNRs above 9.9 dB only; ``snr`` scales lambda_cross by the batch mean of 1/w(teacher_snr) and lambda_self by
     the batch mean of 1/w(student_snr), with w clipped to [1, 100] between ``snr_low`` and ``snr_high``.
+
+    Padded frames never contribute, whatever they hold (NaN included), to the values or the gradients.
     """
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
@@ -235,7 +253,7 @@ def correlation_loss(
     if student.shape[0] < 2:
         raise ValueError(f"correlation_loss needs at least 2 utterances in the batch, got {student.shape[0]}")
     with torch.autocast(student.device.type, enabled=False):
-        student, teacher, mask = _prepare(student, teacher, padding_mask)
+        student, teacher, mask = _prepare(student, teacher, padding_mask, zero_padding=style == "frames")
         batch, layers, frames, features = student.shape
         cross_scale_by, self_scale_by = 1.0, 1.0
         cross_weight = self_weight = None  # per-utterance weights of the snr-reference mode, (B,)
@@ -253,16 +271,16 @@ def correlation_loss(
             pooled_s = pool_valid_frames(student, mask, pool_positions)  # (B, N, P, D)
             pooled_t = pool_valid_frames(teacher, mask, pool_positions)
             groups = (layers * pool_positions, batch, features)
-            s_hat = _standardise(pooled_s.permute(1, 2, 0, 3).reshape(groups), None, batch)  # (N*P, B, D)
-            t_hat = _standardise(pooled_t.permute(1, 2, 0, 3).reshape(groups), None, batch)
+            s_hat, a_diag = _standardise(pooled_s.permute(1, 2, 0, 3).reshape(groups), None, batch)  # (N*P, B, D)
+            t_hat, _ = _standardise(pooled_t.permute(1, 2, 0, 3).reshape(groups), None, batch)
             denom = batch - 1
             cosine = _cosine_term(pooled_s, pooled_t, torch.ones_like(mask[:, :1]).expand(batch, pool_positions))
         else:
             samples = (layers, batch * frames, features)
             valid = mask.reshape(1, batch * frames, 1)  # (1, B*F, 1)
             count = mask.sum()
-            s_hat = _standardise(student.transpose(0, 1).reshape(samples), valid, count)  # (N, B*F, D)
-            t_hat = _standardise(teacher.transpose(0, 1).reshape(samples), valid, count)
+            s_hat, a_diag = _standardise(student.transpose(0, 1).reshape(samples), valid, count)  # (N, B*F, D)
+            t_hat, _ = _standardise(teacher.transpose(0, 1).reshape(samples), valid, count)
             denom = count - 1
             cosine = _cosine_term(student, teacher, mask)
             if cross_weight is not None:  # every frame carries its utterance's weight
@@ -272,6 +290,7 @@ def correlation_loss(
         on_diag, cross_off, self_off = _correlation_terms(
             s_hat,
             t_hat,
+            a_diag,
             denom,
             None if cross_weight is None else cross_weight[None, :],
             None if self_weight is None else self_weight[None, :],

@@ -260,7 +260,7 @@ class CorrDistillPreTrainedModel(PreTrainedModel):
 
     def _get_feat_extract_output_lengths(self, input_lengths: torch.Tensor | int) -> torch.Tensor | int:
         """Number of frames the CNN makes of `input_lengths` samples."""
-        for kernel, stride in zip(self.config.conv_kernel, self.config.conv_stride):
+        for kernel, stride in zip(self.config.conv_kernel, self.config.conv_stride, strict=True):
             input_lengths = (input_lengths - kernel) // stride + 1
         return input_lengths
 
@@ -333,7 +333,8 @@ class CorrDistillPredictionHeads(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         expanded = self.activation(self.shared(hidden_states))  # (B, F, H * N)
         per_head = expanded.chunk(self.num_heads, dim=-1)  # N x (B, F, H)
-        return torch.stack([head(x) for head, x in zip(self.heads, per_head)], dim=1)  # (B, N, F, D_teacher)
+        predictions = [head(x) for head, x in zip(self.heads, per_head, strict=True)]  # N x (B, F, D_teacher)
+        return torch.stack(predictions, dim=1)  # (B, N, F, D_teacher)
 
 
 class CorrDistillForPreTraining(CorrDistillPreTrainedModel):

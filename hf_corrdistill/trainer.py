@@ -1,4 +1,4 @@
-"""`DistillationTrainer`: a `Trainer` whose loss is the correlation (or DistilHuBERT) objective against a frozen teacher."""
+"""`DistillationTrainer`: a `Trainer` whose loss is a distillation objective against a frozen teacher."""
 
 from collections import defaultdict
 from dataclasses import dataclass

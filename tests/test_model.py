@@ -155,5 +155,5 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     model.zero_grad()
     model.activation_checkpointing_enable()
     model(audio).predictions.square().mean().backward()
-    for before, after in zip(plain, (p.grad for p in model.parameters())):
+    for before, after in zip(plain, (p.grad for p in model.parameters()), strict=True):
         torch.testing.assert_close(before, after)

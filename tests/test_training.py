@@ -128,7 +128,7 @@ def test_gradient_accumulation_averages_micro_batches(tmp_path, demo_data):
     manual = sum(trainer.compute_loss(model, batch) for batch in batches) / 2
     manual.backward()
     torch.testing.assert_close(reported, manual.detach())
-    for got, want in zip(accumulated, (p.grad for p in model.parameters())):
+    for got, want in zip(accumulated, (p.grad for p in model.parameters()), strict=True):
         torch.testing.assert_close(got, want)
 
 
