@@ -1,0 +1,107 @@
+"""Audio sources, decoding, crops and padding; the demo generator; benchmark smoke runs."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import ROOT
+
+from hf_corrdistill.data import (
+    AudioCollator,
+    AudioDecodeError,
+    CroppedAudioDataset,
+    StreamedCroppedAudio,
+    decode_audio,
+    load_audio_source,
+)
+from hf_corrdistill.demo import make_speech_corpus
+
+
+def write(path, samples, rate=16000):
+    sf.write(path, samples, rate)
+    return {"path": str(path), "bytes": None}
+
+
+def test_decode_mixes_down_and_resamples(tmp_path):
+    t = np.arange(8000) / 8000
+    stereo = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 440 * t)], axis=1) * 0.5
+    audio = decode_audio(write(tmp_path / "a.wav", stereo, 8000))
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert abs(len(audio) - 16000) <= 1  # one second at 16 kHz
+
+
+@pytest.mark.parametrize(
+    "content,subtype,message",
+    [(np.zeros(0), "PCM_16", "no samples"), (np.zeros(4000), "PCM_16", "all zeros"),
+     (np.full(4000, np.nan), "FLOAT", "NaN")],
+)
+def test_bad_audio_is_named(tmp_path, content, subtype, message):
+    sf.write(tmp_path / "bad.wav", content.astype(np.float32), 16000, subtype=subtype)
+    with pytest.raises(AudioDecodeError, match=message) as error:
+        decode_audio({"path": str(tmp_path / "bad.wav"), "bytes": None})
+    assert "bad.wav" in str(error.value)
+
+
+def test_undecodable_file_is_named(tmp_path):
+    (tmp_path / "broken.flac").write_bytes(b"fLaC not really")
+    with pytest.raises(AudioDecodeError, match="broken.flac"):
+        decode_audio({"path": str(tmp_path / "broken.flac"), "bytes": None})
+
+
+def test_crops_are_reproducible_and_bad_files_replaced(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        write(tmp_path / f"u{i}.wav", rng.standard_normal(20000).astype(np.float32) * 0.1)
+    write(tmp_path / "u3.wav", np.zeros(20000))  # all zeros: skipped, counted
+    source = load_audio_source(str(tmp_path))
+    dataset = CroppedAudioDataset(source, "audio", max_length=8000, min_length=4000, seed=1)
+    with pytest.warns(UserWarning, match="u3.wav"):
+        items = [dataset[i]["input_values"] for i in range(4)]
+    assert all(len(x) == 8000 for x in items)
+    assert dataset.skipped["undecodable"] >= 1
+    again = CroppedAudioDataset(source, "audio", max_length=8000, min_length=4000, seed=1)
+    assert np.array_equal(again[0]["input_values"], items[0])
+    again.set_epoch(1)
+    assert not np.array_equal(again[0]["input_values"], items[0])  # a new epoch, a new crop
+
+
+def test_streamed_source_and_saved_dataset(tmp_path):
+    (tmp_path / "train").mkdir()
+    for i in range(4):
+        write(tmp_path / "train" / f"u{i}.wav", np.random.default_rng(i).standard_normal(9000).astype(np.float32) / 10)
+    streamed = StreamedCroppedAudio(load_audio_source(str(tmp_path), streaming=True), "audio", 8000, 4000, seed=0,
+                                    shuffle_buffer=4)
+    assert len(list(streamed)) == 4
+    saved = tmp_path / "saved"
+    load_audio_source(str(tmp_path)).save_to_disk(str(saved))
+    reloaded = load_audio_source(str(saved))
+    assert len(reloaded) == 4 and decode_audio(reloaded[0]["audio"]).size == 9000
+    with pytest.raises(FileNotFoundError, match="validation"):
+        load_audio_source(str(tmp_path), "validation")
+
+
+def test_collator_pads_and_masks():
+    batch = AudioCollator(pad_to_multiple_of=320)([{"input_values": np.ones(500)}, {"input_values": np.ones(700)}])
+    assert batch["input_values"].shape == (2, 960)
+    assert batch["attention_mask"].sum(1).tolist() == [500, 700]
+    assert torch.all(batch["input_values"][0, 500:] == 0)
+
+
+def test_demo_generator_is_deterministic(tmp_path):
+    make_speech_corpus(tmp_path / "a", 2, 1, seed=3)
+    make_speech_corpus(tmp_path / "b", 2, 1, seed=3)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.flac"))
+    assert len(files) == 3
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert len(load_audio_source(str(tmp_path / "a"), "validation")) == 1
+
+
+def test_bench_loss_smoke():
+    result = subprocess.run([sys.executable, "benchmarks/bench_loss.py", "--tiny", "--repeats", "2"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "speed-up (naive / gram)" in result.stdout
