@@ -33,6 +33,28 @@ def tiny_teacher(seed: int = 0, **overrides) -> HubertModel:
     return HubertModel(HubertConfig(**values)).eval()
 
 
+REMOTE = """
+import sys, torch
+from transformers import AutoModel
+model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+assert "hf_corrdistill" not in sys.modules, "the package was imported"
+assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+with torch.no_grad():
+    torch.save(torch.stack(model(torch.load(sys.argv[2]), output_hidden_states=True).hidden_states), sys.argv[3])
+"""
+
+
+def remote_hidden_states(folder: Path, audio: torch.Tensor, scratch: Path) -> torch.Tensor:
+    """Hidden states of a saved student loaded with trust_remote_code in a fresh process without this package."""
+    torch.save(audio, scratch / "remote_audio.pt")
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE, str(folder), str(scratch / "remote_audio.pt"), str(scratch / "remote_h.pt")],
+        capture_output=True, text=True, cwd=scratch,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(scratch / "remote_h.pt")
+
+
 @pytest.fixture(scope="session")
 def demo_data() -> Path:
     """The shipped demo corpus and teacher (rebuilt by `python -m hf_corrdistill.demo` if missing)."""

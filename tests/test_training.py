@@ -8,12 +8,12 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, tiny_student_config, tiny_teacher
+from conftest import ROOT, remote_hidden_states, tiny_student_config, tiny_teacher
 from safetensors import safe_open
 from transformers import AutoModel
 
 from hf_corrdistill import CorrDistillForPreTraining
-from hf_corrdistill.cli import ConfigError, main, parse_args
+from hf_corrdistill.cli import ConfigError, _warn_single_cpu_process, main, parse_args
 from hf_corrdistill.data import AudioCollator, CroppedAudioDataset, load_audio_source
 from hf_corrdistill.losses import correlation_loss
 from hf_corrdistill.teacher import teacher_targets
@@ -157,8 +157,12 @@ def test_demo_run_logs_terms_evaluates_and_saves_a_loadable_student(tmp_path, de
     train_logs = [h for h in history if "loss" in h]
     assert len(train_logs) == 3 and all(all(term in h for term in TERMS) for h in train_logs)
     assert any("eval_loss" in h and all(f"eval_{term}" in h for term in TERMS) for h in history)
-    student = AutoModel.from_pretrained(out)
+    student = AutoModel.from_pretrained(out).eval()
     assert type(student).__name__ == "CorrDistillModel"
+    audio = torch.randn(2, 20000)
+    with torch.no_grad():
+        ours = torch.stack(student(audio, output_hidden_states=True).hidden_states)
+    torch.testing.assert_close(remote_hidden_states(out, audio, tmp_path), ours, rtol=0, atol=0)
     assert (out / "preprocessor_config.json").exists() and (out / "checkpoint-6").is_dir()
     with safe_open(out / "model.safetensors", "pt") as weights:  # the student only, never the teacher
         assert all(k.startswith(("corrdistill.", "prediction_heads.")) for k in weights.keys())
@@ -194,3 +198,12 @@ def test_ddp_two_cpu_processes(tmp_path, demo_data):
     assert history[-1]["epoch"] == 1.0  # 4 steps x 8 utterances x 2 processes = the 60-utterance corpus, once
     assert any("eval_loss" in h for h in history) and any("on_diagonal" in h for h in history)
     AutoModel.from_pretrained(out)
+
+
+def test_single_process_cpu_launch_is_reported(monkeypatch, caplog):
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with caplog.at_level("WARNING"):
+        _warn_single_cpu_process()
+    assert "--multi_gpu --num_processes N" in caplog.text
