@@ -83,8 +83,8 @@ def test_paper_config_fails_fast_without_the_hub():
 # ---------------------------------------------------------------- the Trainer
 def tiny_trainer(tmp_path, demo_data, **overrides) -> DistillationTrainer:
     values = dict(teacher_name_or_path="tiny", output_dir=str(tmp_path), per_device_train_batch_size=4,
-                  report_to="none", max_steps=2, pool_positions=10, seed=0, lambda_cross=0.1, lambda_self=0.1,
-                  self_scale=1.0)
+                  report_to="none", max_steps=2, dataloader_pin_memory=False, pool_positions=10, seed=0,
+                  lambda_cross=0.1, lambda_self=0.1, self_scale=1.0)
     values.update(overrides)
     args = DistillationConfig(**values)
     source = load_audio_source(str(demo_data / "speech"), "train")
