@@ -4,6 +4,7 @@
 """
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from .modeling_corrdistill import CorrDistillForPreTraining
 from .teacher import check_compatible, init_student_from_teacher, load_teacher, load_teacher_config
 from .trainer import DistillationTrainer
 from .training_args import DataArguments, DistillationConfig
+from .views import PRESET_BUILDERS, Distorter, NoiseBank, ViewMaker, load_impulse_responses
 
 logger = logging.getLogger(__name__)
 
@@ -95,12 +97,30 @@ def build_student_config(args: DistillationConfig, teacher_config) -> CorrDistil
     return CorrDistillConfig(**{**config.to_dict(), **updates})
 
 
-def _datasets(data: DataArguments, seed: int):
+def build_views(data: DataArguments) -> ViewMaker | None:
+    """The teacher/student views the data arguments ask for; noise and impulse-response folders checked here."""
+    if data.views == "clean":
+        return None
+    preset = PRESET_BUILDERS[data.distortion]()
+    preset = dataclasses.replace(
+        preset,
+        snr_low=preset.snr_low if data.snr_min is None else data.snr_min,
+        snr_high=preset.snr_high if data.snr_max is None else data.snr_max,
+    )
+    if preset.snr_low > preset.snr_high:
+        raise ConfigError(f"inverted SNR range: {preset.snr_low} > {preset.snr_high} dB")
+    bank = NoiseBank(data.noise_dirs, data.noise_cache_dir)
+    responses = load_impulse_responses(data.impulse_response_dir) if data.impulse_response_dir else None
+    return ViewMaker(data.views, Distorter(preset, bank, responses, data.clean_probability))
+
+
+def _datasets(data: DataArguments, seed: int, views: ViewMaker | None):
     source = load_audio_source(
         data.train_data, data.train_split, config_name=data.data_config_name, audio_column=data.audio_column,
         streaming=data.streaming,
     )
-    crop = {"audio_column": data.audio_column, "max_length": data.max_length, "min_length": data.min_length}
+    crop = {"audio_column": data.audio_column, "max_length": data.max_length, "min_length": data.min_length,
+            "views": views}
     if data.streaming:
         train = StreamedCroppedAudio(source, seed=seed, shuffle_buffer=data.shuffle_buffer, **crop)
     else:
@@ -125,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
         teacher_config = load_teacher_config(args.teacher_name_or_path)
         student_config = build_student_config(args, teacher_config)
         check_compatible(student_config, teacher_config, args.teacher_name_or_path)
-    except ValueError as error:  # ConfigError, TeacherError and dataclass validation
+        views = build_views(data)
+    except (ValueError, FileNotFoundError) as error:  # ConfigError, TeacherError and dataclass validation
         raise SystemExit(f"configuration error: {error}") from None
     if args.ddp_find_unused_parameters is None:  # every student parameter is used unless layers can be dropped
         args.ddp_find_unused_parameters = student_config.layerdrop > 0
@@ -134,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     student = CorrDistillForPreTraining(student_config)
     if args.init_from_teacher:
         init_student_from_teacher(student, teacher)
-    train_dataset, eval_dataset = _datasets(data, args.seed)
+    train_dataset, eval_dataset = _datasets(data, args.seed, views)
     trainer = DistillationTrainer(
         model=student,
         teacher=teacher,

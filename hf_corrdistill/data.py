@@ -120,15 +120,25 @@ def decode_audio(value: dict[str, Any], sample_rate: int = SAMPLE_RATE) -> np.nd
 class _CropMixin:
     """Shared bookkeeping: decode, check length, crop reproducibly, count what was skipped."""
 
-    def _init_crop(self, audio_column: str, max_length: int, min_length: int, seed: int) -> None:
+    def _init_crop(self, audio_column: str, max_length: int, min_length: int, seed: int, views) -> None:
         if min_length > max_length:
             raise ValueError(f"min_length ({min_length}) exceeds max_length ({max_length})")
         self.audio_column, self.max_length, self.min_length, self.seed = audio_column, max_length, min_length, seed
+        self.views = views  # a views.ViewMaker, or None for the clean utterance alone
         self.epoch = 0
         self.skipped: Counter[str] = Counter()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def _example(self, value: dict[str, Any], key: int) -> dict[str, Any] | None:
+        """The model inputs made of one utterance (None when it is unusable); reproducible from (seed, epoch, key)."""
+        samples = self._crop(value, key)
+        if samples is None:
+            return None
+        if self.views is None:
+            return {"input_values": samples}
+        return self.views(samples, np.random.default_rng((self.seed, self.epoch, key, 1)))
 
     def _crop(self, value: dict[str, Any], key: int) -> np.ndarray | None:
         try:
@@ -150,19 +160,27 @@ class _CropMixin:
 class CroppedAudioDataset(_CropMixin, torch.utils.data.Dataset):
     """Map-style: item i is utterance i, randomly cropped to ``max_length``; an unusable one is replaced."""
 
-    def __init__(self, dataset: datasets.Dataset, audio_column: str, max_length: int, min_length: int, seed: int):
+    def __init__(
+        self,
+        dataset: datasets.Dataset,
+        audio_column: str,
+        max_length: int,
+        min_length: int,
+        seed: int,
+        views=None,
+    ):
         self.dataset = dataset
-        self._init_crop(audio_column, max_length, min_length, seed)
+        self._init_crop(audio_column, max_length, min_length, seed, views)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         for attempt in range(len(self.dataset)):
             key = (index + attempt) % len(self.dataset)
-            samples = self._crop(self.dataset[key][self.audio_column], key)
-            if samples is not None:
-                return {"input_values": samples}
+            example = self._example(self.dataset[key][self.audio_column], key)
+            if example is not None:
+                return example
         raise AudioDecodeError("no usable utterance in the dataset")
 
 
@@ -177,23 +195,36 @@ class StreamedCroppedAudio(_CropMixin, torch.utils.data.IterableDataset):
         min_length: int,
         seed: int,
         shuffle_buffer: int = 0,
+        views=None,
     ):
         self.dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer) if shuffle_buffer > 0 else dataset
-        self._init_crop(audio_column, max_length, min_length, seed)
+        self._init_crop(audio_column, max_length, min_length, seed, views)
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
         self.dataset.set_epoch(epoch)
 
     def __iter__(self):
-        for key, example in enumerate(self.dataset):
-            samples = self._crop(example[self.audio_column], key)
-            if samples is not None:
-                yield {"input_values": samples}
+        """Each DataLoader worker reads its own shards when there are enough, else every n-th utterance."""
+        worker = torch.utils.data.get_worker_info()
+        workers, index = (1, 0) if worker is None else (worker.num_workers, worker.id)
+        stream, stride = self.dataset, 1
+        if workers > 1 and self.dataset.num_shards >= workers:
+            stream = self.dataset.shard(num_shards=workers, index=index)
+        elif workers > 1:
+            stride = workers
+        for position, row in enumerate(stream):
+            if position % stride != index % stride:
+                continue
+            key = position if stride > 1 else position * workers + index  # distinct across workers: own crops
+            example = self._example(row[self.audio_column], key)
+            if example is not None:
+                yield example
 
 
 class AudioCollator:
-    """Zero-pads a list of {"input_values": 1-D array} to (B, T) with a (B, T) attention mask."""
+    """Zero-pads examples to a batch: "input_values" (and "teacher_input_values", the same length, when present)
+    become (B, T) with a (B, T) attention mask; "student_snr" / "teacher_snr" become (B,) float tensors."""
 
     def __init__(self, pad_to_multiple_of: int = 1):
         self.pad_to_multiple_of = pad_to_multiple_of
@@ -203,7 +234,16 @@ class AudioCollator:
         longest = math.ceil(max(lengths) / self.pad_to_multiple_of) * self.pad_to_multiple_of
         input_values = torch.zeros(len(features), longest)  # (B, T)
         attention_mask = torch.zeros(len(features), longest, dtype=torch.long)  # (B, T)
+        teacher_values = torch.zeros_like(input_values) if "teacher_input_values" in features[0] else None
         for row, (feature, length) in enumerate(zip(features, lengths, strict=True)):
             input_values[row, :length] = torch.as_tensor(feature["input_values"])
+            if teacher_values is not None:
+                teacher_values[row, :length] = torch.as_tensor(feature["teacher_input_values"])
             attention_mask[row, :length] = 1
-        return {"input_values": input_values, "attention_mask": attention_mask}
+        batch = {"input_values": input_values, "attention_mask": attention_mask}
+        if teacher_values is not None:
+            batch["teacher_input_values"] = teacher_values
+        for name in ("student_snr", "teacher_snr"):
+            if name in features[0]:
+                batch[name] = torch.tensor([f[name] for f in features], dtype=torch.float32)  # (B,)
+        return batch

@@ -54,6 +54,7 @@ class DistillationTrainer(Trainer):
         self.loss_fn = correlation_loss if args.loss == "correlation" else distilhubert_loss
         self.loss_kwargs = args.loss_kwargs()
         self._terms: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._snrs: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.add_callback(_EpochSetter(self.train_dataset, self.eval_dataset))
 
     def compute_loss(
@@ -82,6 +83,9 @@ class DistillationTrainer(Trainer):
         mode = "train" if model.training else "eval"
         for name, value in terms.items():
             self._terms[mode][name].append(value.detach())
+        for name in ("student_snr", "teacher_snr"):
+            if inputs.get(name) is not None:
+                self._snrs[mode][name].append(inputs[name].detach())
         if not return_outputs:
             return result.loss
         return result.loss, DistillationOutput(
@@ -110,4 +114,13 @@ class DistillationTrainer(Trainer):
                 mean = self.accelerator.reduce(torch.stack(values).mean(), reduction="mean")
                 logs[f"{prefix}{name}"] = mean.item()
         self._terms[mode].clear()
+        for name, values in self._snrs[mode].items():  # per view: mean SNR of noisy views, share of noisy views
+            snr = torch.cat(values)
+            noisy = torch.isfinite(snr)
+            stats = torch.stack([snr.where(noisy, 0.0).sum(), noisy.sum().to(snr.dtype), snr.new_tensor(snr.numel())])
+            total, count, seen = self.accelerator.reduce(stats, reduction="sum").tolist()
+            if count:
+                logs[f"{prefix}{name}_db"] = total / count
+            logs[f"{prefix}{name}_noisy_fraction"] = count / seen
+        self._snrs[mode].clear()
         super().log(logs, start_time)

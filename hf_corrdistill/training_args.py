@@ -8,6 +8,7 @@ from typing import Any, Literal
 from transformers import TrainingArguments
 
 from .losses import STYLES, WEIGHTINGS, correlation_loss, distilhubert_loss
+from .views import PRESETS, SETUPS
 
 _CORRELATION_DEFAULTS = {k: p.default for k, p in inspect.signature(correlation_loss).parameters.items()}
 _KD_DEFAULTS = {k: p.default for k, p in inspect.signature(distilhubert_loss).parameters.items()}
@@ -159,6 +160,28 @@ class DataArguments:
     max_length: int = field(default=250_000, metadata={"help": "Random crop length in samples (15.6 s at 16 kHz)."})
     min_length: int = field(default=8_000, metadata={"help": "Shorter utterances are skipped (samples)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many."})
+    views: Literal[SETUPS] = field(
+        default="clean",
+        metadata={"help": "'clean': both models hear the utterance; 'setup1': clean teacher, distorted student; "
+                  "'setup2': both distorted, drawn independently (METHOD.md section 4)."},
+    )
+    distortion: Literal[PRESETS] = field(
+        default="huang2022", metadata={"help": "Distortion preset of the views: 'huang2022' or 'robustdistiller'."}
+    )
+    noise_dirs: list[str] | None = field(
+        default=None, metadata={"help": "Folders of noise files (MUSAN-style noise/music/speech, WHAM!, ...)."}
+    )
+    noise_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where noise files not at 16 kHz mono are converted once (default ~/.cache)."}
+    )
+    impulse_response_dir: str | None = field(
+        default=None, metadata={"help": "Folder of room impulse responses; default: simulated rooms."}
+    )
+    snr_min: int | None = field(default=None, metadata={"help": "Lowest SNR (dB) of added noise; default: preset's."})
+    snr_max: int | None = field(default=None, metadata={"help": "Highest SNR (dB) of added noise; default: preset's."})
+    clean_probability: float = field(
+        default=0.0, metadata={"help": "Probability that a view is left undistorted before the preset's draw."}
+    )
 
     def __post_init__(self):
         if not self.train_data:
@@ -167,3 +190,11 @@ class DataArguments:
             raise ValueError(f"min_length must be >= 400 samples (one CNN frame), got {self.min_length}")
         if self.max_length < self.min_length:
             raise ValueError(f"max_length ({self.max_length}) must be >= min_length ({self.min_length})")
+        if self.views not in SETUPS or self.distortion not in PRESETS:
+            raise ValueError(f"views must be one of {SETUPS} and distortion one of {PRESETS}")
+        if self.snr_min is not None and self.snr_max is not None and self.snr_min > self.snr_max:
+            raise ValueError(f"inverted SNR range: snr_min ({self.snr_min}) > snr_max ({self.snr_max})")
+        if not 0.0 <= self.clean_probability <= 1.0:
+            raise ValueError(f"clean_probability must be in [0, 1], got {self.clean_probability}")
+        if self.views != "clean" and not self.noise_dirs:
+            raise ValueError(f"views={self.views!r} mixes noise files: give noise_dirs (folders of noise audio)")

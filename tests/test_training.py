@@ -207,3 +207,28 @@ def test_single_process_cpu_launch_is_reported(monkeypatch, caplog):
     with caplog.at_level("WARNING"):
         _warn_single_cpu_process()
     assert "--multi_gpu --num_processes N" in caplog.text
+
+
+@pytest.mark.slow
+def test_streamed_source_with_views_feeds_the_trainer(tmp_path, demo_data):
+    out = tmp_path / "stream"
+    main([DEMO_CONFIG, "--output_dir", str(out), "--streaming", "true", "--max_steps", "4", "--logging_steps", "2",
+          "--eval_strategy", "no", "--save_strategy", "no", "--dataloader_num_workers", "2"])
+    history = _log(out)
+    logged = [h for h in history if "loss" in h]
+    assert len(logged) == 2
+    for entry in logged:
+        assert all(term in entry for term in TERMS)
+        assert 0 < entry["student_snr_noisy_fraction"] <= 1 and 10 <= entry["teacher_snr_db"] <= 19
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--noise_dirs", "no/such/folder"], "noise folder no/such/folder does not exist"),
+        (["--snr_min", "15", "--snr_max", "5"], "inverted SNR range"),
+    ],
+)
+def test_noise_configuration_mistakes_fail_at_start(tmp_path, demo_data, extra, message):
+    with pytest.raises(SystemExit, match=message):
+        main([DEMO_CONFIG, "--output_dir", str(tmp_path), *extra])

@@ -1,0 +1,238 @@
+"""Distorted views of an utterance for the teacher and the student (METHOD.md section 4).
+
+Each view draws its own distortion: a non-additive one (reverberation, band-stop filter, pitch shift, or none)
+is applied first, then additive noise (a noise-bank file or Gaussian noise, or none) is mixed at an integer SNR
+relative to that signal. The SNR actually applied travels with the view (+inf when no noise was added).
+"""
+
+import hashlib
+import logging
+import random
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import soundfile as sf
+import soxr
+from audiomentations import BandStopFilter, PitchShift
+from scipy.signal import fftconvolve
+
+from .data import AUDIO_SUFFIXES, SAMPLE_RATE
+
+logger = logging.getLogger(__name__)
+
+Setup = Literal["clean", "setup1", "setup2"]
+SETUPS: tuple[str, ...] = ("clean", "setup1", "setup2")
+PRESETS: tuple[str, ...] = ("huang2022", "robustdistiller")
+
+
+@dataclass(frozen=True)
+class DistortionPreset:
+    """A joint distribution over (additive, non-additive) distortions, and the SNR range of additive noise.
+
+    ``combos`` lists (probability, additive, non_additive) with additive in {"noise", "none"} and non_additive in
+    {"reverb", "bandstop", "pitch", "none"}; "noise" is a noise-bank file with probability ``file_noise_share``
+    and Gaussian noise otherwise. SNRs are integers drawn uniformly in [snr_low, snr_high].
+    """
+
+    combos: tuple[tuple[float, str, str], ...]
+    snr_low: int
+    snr_high: int
+    file_noise_share: float
+
+
+def huang2022() -> DistortionPreset:
+    """Huang et al., SLT 2022: additive (noise file, Gaussian, or none) x non-additive (reverb, band-stop, pitch,
+    or none), drawn independently and uniformly (the uniform choice is ours); SNR an integer in 10..19 dB."""
+    additive = (("noise", 2 / 3), ("none", 1 / 3))  # noise = a file or Gaussian, half each: 1/3 file, 1/3 Gaussian
+    non_additive = ("reverb", "bandstop", "pitch", "none")
+    combos = tuple((p / len(non_additive), a, n) for a, p in additive for n in non_additive)
+    return DistortionPreset(combos=combos, snr_low=10, snr_high=19, file_noise_share=0.5)
+
+
+def robustdistiller() -> DistortionPreset:
+    """Guimaraes et al., ICASSP 2023: one of noise, reverb, noise + reverb, clean with equal probability; SNR an
+    integer in 0..20 dB; 70 % noise files, 30 % Gaussian."""
+    combos = ((0.25, "noise", "none"), (0.25, "none", "reverb"), (0.25, "noise", "reverb"), (0.25, "none", "none"))
+    return DistortionPreset(combos=combos, snr_low=0, snr_high=20, file_noise_share=0.7)
+
+
+PRESET_BUILDERS = {"huang2022": huang2022, "robustdistiller": robustdistiller}
+
+
+def rms_power(x: np.ndarray) -> float:
+    return float(np.mean(np.square(x, dtype=np.float64)))
+
+
+def mix_at_snr(signal: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """signal + g * noise with g chosen so that power(signal) / power(g * noise) = 10^(snr_db / 10) exactly."""
+    gain = np.sqrt(rms_power(signal) / (max(rms_power(noise), 1e-20) * 10 ** (snr_db / 10)))
+    return (signal + gain * noise).astype(np.float32)
+
+
+class NoiseBank:
+    """Noise files from folders, read by random segments at 16 kHz.
+
+    Files at another rate or with several channels are converted once into ``cache_dir`` and read from there.
+    A missing folder or one without audio is an error at construction, naming it.
+    """
+
+    def __init__(self, folders: Sequence[str], cache_dir: str | None = None):
+        if not folders:
+            raise ValueError("no noise folders given")
+        self.files: list[str] = []
+        cache = Path(cache_dir or Path.home() / ".cache" / "hf_corrdistill" / "noise16k")
+        for folder in folders:
+            root = Path(folder)
+            if not root.is_dir():
+                raise FileNotFoundError(f"noise folder {folder} does not exist")
+            found = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"noise folder {folder} holds no {'/'.join(AUDIO_SUFFIXES)} files")
+            self.files.extend(self._at_16k(path, cache) for path in found)
+        self.frames = [sf.info(path).frames for path in self.files]
+        empty = [path for path, frames in zip(self.files, self.frames, strict=True) if frames == 0]
+        if empty:
+            raise ValueError(f"empty noise file(s): {', '.join(empty[:5])}")
+
+    @staticmethod
+    def _at_16k(path: Path, cache: Path) -> str:
+        info = sf.info(path)
+        if info.samplerate == SAMPLE_RATE and info.channels == 1:
+            return str(path)
+        stat = path.stat()
+        key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+        target = cache / f"{path.stem}-{key}.flac"
+        if not target.exists():
+            samples, rate = sf.read(path, dtype="float32", always_2d=True)
+            cache.mkdir(parents=True, exist_ok=True)
+            converted = soxr.resample(samples.mean(axis=1), rate, SAMPLE_RATE)
+            sf.write(target, converted, SAMPLE_RATE, subtype="PCM_16")
+            logger.info("converted noise %s to 16 kHz mono in %s", path, target)
+        return str(target)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def segment(self, length: int, rng: np.random.Generator) -> np.ndarray:
+        """A random ``length``-sample stretch of a random file (looped when the file is shorter)."""
+        index = int(rng.integers(len(self.files)))
+        total = self.frames[index]
+        if total >= length:
+            start = int(rng.integers(0, total - length + 1))
+            return sf.read(self.files[index], start=start, frames=length, dtype="float32")[0]
+        samples = sf.read(self.files[index], dtype="float32")[0]
+        return np.tile(samples, -(-length // total))[:length]
+
+
+def simulated_room(rng: np.random.Generator, rt60_range: tuple[float, float] = (0.2, 0.8)) -> np.ndarray:
+    """An impulse response of a simulated room: a direct path, then exponentially decaying diffuse noise."""
+    rt60 = rng.uniform(*rt60_range)
+    length = int(rt60 * SAMPLE_RATE)
+    t = np.arange(length) / SAMPLE_RATE
+    response = rng.standard_normal(length) * np.exp(-6.9078 * t / rt60)  # -60 dB at rt60
+    response[: int(0.002 * SAMPLE_RATE)] = 0.0  # the first reflections arrive after the direct sound
+    response[0] = 1.0
+    return (response / np.sqrt(np.sum(response**2))).astype(np.float32)
+
+
+def load_impulse_responses(folder: str) -> list[np.ndarray]:
+    """Every audio file of ``folder`` as a 16 kHz impulse response of unit energy."""
+    from .data import decode_audio
+
+    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f"impulse-response folder {folder} holds no {'/'.join(AUDIO_SUFFIXES)} files")
+    responses = [decode_audio({"path": str(p), "bytes": None}) for p in paths]
+    return [(r / np.sqrt(np.sum(np.square(r)))).astype(np.float32) for r in responses]
+
+
+@contextmanager
+def _seeded_globals(rng: np.random.Generator):
+    """audiomentations draws from the global `random` and NumPy generators: seed them from ``rng``, then restore."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    seed = int(rng.integers(2**31))
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+class Distorter:
+    """Draws and applies one view's distortion; returns the view and the SNR applied (+inf for none)."""
+
+    def __init__(
+        self,
+        preset: DistortionPreset,
+        noise_bank: NoiseBank | None,
+        impulse_responses: Sequence[np.ndarray] | None = None,
+        clean_probability: float = 0.0,
+    ):
+        needs_files = preset.file_noise_share > 0 and any(a == "noise" for _, a, _ in preset.combos)
+        if needs_files and noise_bank is None:
+            raise ValueError("this distortion preset mixes noise files: give a noise source")
+        self.preset, self.noise_bank = preset, noise_bank
+        self.impulse_responses = list(impulse_responses or [])
+        self.clean_probability = clean_probability
+        self.probabilities = np.array([p for p, _, _ in preset.combos]) / sum(p for p, _, _ in preset.combos)
+        self.bandstop = BandStopFilter(p=1.0)
+        self.pitch = PitchShift(min_semitones=-4.0, max_semitones=4.0, p=1.0)
+
+    def _non_additive(self, kind: str, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if kind == "reverb":
+            response = (self.impulse_responses[int(rng.integers(len(self.impulse_responses)))]
+                        if self.impulse_responses else simulated_room(rng))
+            wet = fftconvolve(audio, response)[: audio.size]
+            return (wet * np.sqrt(rms_power(audio) / max(rms_power(wet), 1e-20))).astype(np.float32)
+        if kind in ("bandstop", "pitch"):
+            transform = self.bandstop if kind == "bandstop" else self.pitch
+            with _seeded_globals(rng):
+                return transform(samples=audio, sample_rate=SAMPLE_RATE).astype(np.float32)
+        return audio
+
+    def __call__(self, audio: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+        if self.clean_probability and rng.random() < self.clean_probability:
+            return audio, float("inf")
+        _, additive, non_additive = self.preset.combos[int(rng.choice(len(self.probabilities), p=self.probabilities))]
+        view = self._non_additive(non_additive, audio, rng)
+        if additive == "none":
+            return view, float("inf")
+        snr = float(rng.integers(self.preset.snr_low, self.preset.snr_high + 1))
+        if self.noise_bank is not None and rng.random() < self.preset.file_noise_share:
+            noise = self.noise_bank.segment(view.size, rng)
+        else:
+            noise = rng.standard_normal(view.size).astype(np.float32)
+        return mix_at_snr(view, noise, snr), snr
+
+
+class ViewMaker:
+    """Turns a cropped utterance into the model inputs of one training example.
+
+    ``clean``: both models hear the utterance. ``setup1``: the teacher hears it clean, the student a distorted
+    view. ``setup2``: each hears its own, independently drawn distorted view.
+    """
+
+    def __init__(self, setup: Setup, distorter: Distorter | None):
+        if setup not in SETUPS:
+            raise ValueError(f"views must be one of {SETUPS}, got {setup!r}")
+        if setup != "clean" and distorter is None:
+            raise ValueError(f"views={setup!r} needs a distortion")
+        self.setup, self.distorter = setup, distorter
+
+    def __call__(self, audio: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray | float]:
+        if self.setup == "clean":
+            return {"input_values": audio}
+        teacher_rng, student_rng = rng.spawn(2)  # independent streams: the two draws never share a choice
+        student, student_snr = self.distorter(audio, student_rng)
+        if self.setup == "setup1":
+            teacher, teacher_snr = audio, float("inf")
+        else:
+            teacher, teacher_snr = self.distorter(audio, teacher_rng)
+        return {"input_values": student, "teacher_input_values": teacher, "student_snr": student_snr,
+                "teacher_snr": teacher_snr}
