@@ -145,8 +145,8 @@ def main(argv: list[str] | None = None) -> None:
         teacher_config = load_teacher_config(args.teacher_name_or_path)
         student_config = build_student_config(args, teacher_config)
         check_compatible(student_config, teacher_config, args.teacher_name_or_path)
-        views = build_views(data)
-    except (ValueError, FileNotFoundError) as error:  # ConfigError, TeacherError and dataclass validation
+        train_dataset, eval_dataset = _datasets(data, args.seed, build_views(data))
+    except (ValueError, FileNotFoundError, KeyError) as error:  # ConfigError, TeacherError and dataclass validation
         raise SystemExit(f"configuration error: {error}") from None
     if args.ddp_find_unused_parameters is None:  # every student parameter is used unless layers can be dropped
         args.ddp_find_unused_parameters = student_config.layerdrop > 0
@@ -155,7 +155,6 @@ def main(argv: list[str] | None = None) -> None:
     student = CorrDistillForPreTraining(student_config)
     if args.init_from_teacher:
         init_student_from_teacher(student, teacher)
-    train_dataset, eval_dataset = _datasets(data, args.seed, views)
     trainer = DistillationTrainer(
         model=student,
         teacher=teacher,

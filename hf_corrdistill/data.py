@@ -26,8 +26,15 @@ SAMPLE_RATE = 16_000
 AUDIO_SUFFIXES = (".flac", ".wav", ".ogg")
 
 
+SKIP_REASONS = ("undecodable", "empty", "silent", "non_finite", "too_short")
+
+
 class AudioDecodeError(ValueError):
-    """An utterance that cannot be used; the message names it."""
+    """An utterance that cannot be used; the message names it and ``reason`` is one of `SKIP_REASONS`."""
+
+    def __init__(self, message: str, reason: str = "undecodable"):
+        super().__init__(message)
+        self.reason = reason
 
 
 def _audio_files(folder: Path, split: str) -> list[str]:
@@ -104,21 +111,25 @@ def decode_audio(value: dict[str, Any], sample_rate: int = SAMPLE_RATE) -> np.nd
         source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
         samples, rate = sf.read(source, dtype="float32", always_2d=True)  # (T, channels)
     except Exception as error:  # soundfile raises several types for broken files
-        raise AudioDecodeError(f"cannot decode {name}: {error}") from error
+        raise AudioDecodeError(f"cannot decode {name}: {error}", "undecodable") from error
     samples = samples.mean(axis=1)  # mono
     if samples.size == 0:
-        raise AudioDecodeError(f"{name} holds no samples")
+        raise AudioDecodeError(f"{name} holds no samples", "empty")
     if not np.isfinite(samples).all():
-        raise AudioDecodeError(f"{name} contains NaN or inf samples")
+        raise AudioDecodeError(f"{name} contains NaN or inf samples", "non_finite")
     if not np.any(samples):
-        raise AudioDecodeError(f"{name} is all zeros")
+        raise AudioDecodeError(f"{name} is all zeros", "silent")
     if rate != sample_rate:
         samples = soxr.resample(samples, rate, sample_rate).astype(np.float32)
     return samples
 
 
 class _CropMixin:
-    """Shared bookkeeping: decode, check length, crop reproducibly, count what was skipped."""
+    """Shared bookkeeping: decode, check length, crop reproducibly, count what was skipped.
+
+    Every example carries ``skipped``: the utterances skipped, by reason, since the previous example of this
+    dataset copy, so that counts made in DataLoader workers reach the Trainer's logs through the batches.
+    """
 
     def _init_crop(self, audio_column: str, max_length: int, min_length: int, seed: int, views) -> None:
         if min_length > max_length:
@@ -126,30 +137,41 @@ class _CropMixin:
         self.audio_column, self.max_length, self.min_length, self.seed = audio_column, max_length, min_length, seed
         self.views = views  # a views.ViewMaker, or None for the clean utterance alone
         self.epoch = 0
-        self.skipped: Counter[str] = Counter()
+        self.skipped: Counter[str] = Counter()  # totals of this copy of the dataset
+        self._unreported: Counter[str] = Counter()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _example(self, value: dict[str, Any], key: int) -> dict[str, Any] | None:
-        """The model inputs made of one utterance (None when it is unusable); reproducible from (seed, epoch, key)."""
-        samples = self._crop(value, key)
+    def _example(self, value: dict[str, Any], key: int, report: bool = True) -> dict[str, Any] | None:
+        """The model inputs made of one utterance (None when it is unusable); reproducible from (seed, epoch, key).
+
+        An unusable utterance is counted and warned about when ``report`` is set.
+        """
+        samples = self._crop(value, key, report)
         if samples is None:
             return None
-        if self.views is None:
-            return {"input_values": samples}
-        return self.views(samples, np.random.default_rng((self.seed, self.epoch, key, 1)))
+        example = {"input_values": samples} if self.views is None else self.views(
+            samples, np.random.default_rng((self.seed, self.epoch, key, 1)))
+        example["skipped"], self._unreported = dict(self._unreported), Counter()
+        return example
 
-    def _crop(self, value: dict[str, Any], key: int) -> np.ndarray | None:
+    def _skip(self, reason: str, message: str, report: bool) -> None:
+        if not report:
+            return
+        self.skipped[reason] += 1
+        self._unreported[reason] += 1
+        warnings.warn(f"skipped ({reason}): {message}", stacklevel=3)
+
+    def _crop(self, value: dict[str, Any], key: int, report: bool = True) -> np.ndarray | None:
         try:
             samples = decode_audio(value)
         except AudioDecodeError as error:
-            self.skipped["undecodable"] += 1
-            warnings.warn(f"skipped: {error}", stacklevel=3)
+            self._skip(error.reason, str(error), report)
             return None
         if samples.size < self.min_length:
-            self.skipped["too_short"] += 1
-            warnings.warn(f"skipped: {describe(value)} has {samples.size} samples < min_length", stacklevel=3)
+            message = f"{describe(value)} has {samples.size} samples, fewer than min_length"
+            self._skip("too_short", message, report)
             return None
         if samples.size > self.max_length:  # the crop depends only on (seed, epoch, key): reproducible anywhere
             start = np.random.default_rng((self.seed, self.epoch, key)).integers(0, samples.size - self.max_length)
@@ -158,7 +180,10 @@ class _CropMixin:
 
 
 class CroppedAudioDataset(_CropMixin, torch.utils.data.Dataset):
-    """Map-style: item i is utterance i, randomly cropped to ``max_length``; an unusable one is replaced."""
+    """Map-style: item i is utterance i, randomly cropped to ``max_length``.
+
+    An unusable utterance is replaced by the next usable one; it is counted once, at its own index.
+    """
 
     def __init__(
         self,
@@ -178,7 +203,7 @@ class CroppedAudioDataset(_CropMixin, torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         for attempt in range(len(self.dataset)):
             key = (index + attempt) % len(self.dataset)
-            example = self._example(self.dataset[key][self.audio_column], key)
+            example = self._example(self.dataset[key][self.audio_column], key, report=attempt == 0)
             if example is not None:
                 return example
         raise AudioDecodeError("no usable utterance in the dataset")
@@ -213,13 +238,20 @@ class StreamedCroppedAudio(_CropMixin, torch.utils.data.IterableDataset):
             stream = self.dataset.shard(num_shards=workers, index=index)
         elif workers > 1:
             stride = workers
+        held = None  # one example is held back, so that skips after the last usable one still get reported
         for position, row in enumerate(stream):
             if position % stride != index % stride:
                 continue
             key = position if stride > 1 else position * workers + index  # distinct across workers: own crops
             example = self._example(row[self.audio_column], key)
             if example is not None:
-                yield example
+                if held is not None:
+                    yield held
+                held = example
+        if held is not None:
+            held["skipped"] = dict(Counter(held["skipped"]) + self._unreported)
+            self._unreported = Counter()
+            yield held
 
 
 class AudioCollator:
@@ -246,4 +278,7 @@ class AudioCollator:
         for name in ("student_snr", "teacher_snr"):
             if name in features[0]:
                 batch[name] = torch.tensor([f[name] for f in features], dtype=torch.float32)  # (B,)
+        if any("skipped" in f for f in features):  # (B, R): utterances skipped before each example, by reason
+            batch["skipped"] = torch.tensor([[f.get("skipped", {}).get(r, 0) for r in SKIP_REASONS]
+                                             for f in features], dtype=torch.float32)
         return batch

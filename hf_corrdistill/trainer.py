@@ -9,6 +9,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.utils import ModelOutput
 
+from .data import SKIP_REASONS
 from .losses import correlation_loss, distilhubert_loss
 from .teacher import teacher_targets
 from .training_args import DistillationConfig
@@ -55,6 +56,8 @@ class DistillationTrainer(Trainer):
         self.loss_kwargs = args.loss_kwargs()
         self._terms: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._snrs: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._skipped: dict[str, list[torch.Tensor]] = {"train": [], "eval": []}  # per batch, (B, R) by reason
+        self._skipped_total = {"train": torch.zeros(len(SKIP_REASONS)), "eval": torch.zeros(len(SKIP_REASONS))}
         self.add_callback(_EpochSetter(self.train_dataset, self.eval_dataset))
 
     def compute_loss(
@@ -86,6 +89,10 @@ class DistillationTrainer(Trainer):
         for name in ("student_snr", "teacher_snr"):
             if inputs.get(name) is not None:
                 self._snrs[mode][name].append(inputs[name].detach())
+        if inputs.get("skipped") is not None:
+            self._skipped[mode].append(inputs["skipped"])
+        valid = attention_mask.float().mean() if attention_mask is not None else predictions.new_ones(())
+        self._terms[mode]["padded_fraction"].append(1.0 - valid.detach())
         if not return_outputs:
             return result.loss
         return result.loss, DistillationOutput(
@@ -123,4 +130,10 @@ class DistillationTrainer(Trainer):
                 logs[f"{prefix}{name}_db"] = total / count
             logs[f"{prefix}{name}_noisy_fraction"] = count / seen
         self._snrs[mode].clear()
+        if self._skipped[mode]:  # running totals since the start of the run, over all processes
+            batch_counts = self.accelerator.reduce(torch.cat(self._skipped[mode]).sum(0), reduction="sum")
+            self._skipped_total[mode] += batch_counts.cpu()
+            for reason, total in zip(SKIP_REASONS, self._skipped_total[mode].tolist(), strict=True):
+                logs[f"{prefix}skipped_{reason}"] = int(total)
+        self._skipped[mode].clear()
         super().log(logs, start_time)

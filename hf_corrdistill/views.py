@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import python_stretch
 import soundfile as sf
 import soxr
 from audiomentations import BandStopFilter, PitchShift
@@ -61,6 +62,12 @@ def robustdistiller() -> DistortionPreset:
 
 
 PRESET_BUILDERS = {"huang2022": huang2022, "robustdistiller": robustdistiller}
+
+
+def only_kind(additive: str, non_additive: str, preset: DistortionPreset) -> DistortionPreset:
+    """``preset`` restricted to one (additive, non-additive) pair, for measuring or testing one distortion."""
+    return DistortionPreset(combos=((1.0, additive, non_additive),), snr_low=preset.snr_low,
+                            snr_high=preset.snr_high, file_noise_share=preset.file_noise_share)
 
 
 def rms_power(x: np.ndarray) -> float:
@@ -150,6 +157,17 @@ def load_impulse_responses(folder: str) -> list[np.ndarray]:
     return [(r / np.sqrt(np.sum(np.square(r)))).astype(np.float32) for r in responses]
 
 
+class CheaperPitchShift(PitchShift):
+    """audiomentations' `PitchShift` with the signalsmith stretcher's cheaper preset: about 1.7x faster on one core,
+    good enough for an augmentation (audiomentations draws the shift; only the processor setting differs)."""
+
+    def apply(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
+        stretch = python_stretch.Signalsmith.Stretch()
+        stretch.preset(1, sample_rate, True)
+        stretch.setTransposeSemitones(self.parameters["num_semitones"])
+        return stretch.process(np.ascontiguousarray(samples[None, :], dtype=np.float32))[0]
+
+
 @contextmanager
 def _seeded_globals(rng: np.random.Generator):
     """audiomentations draws from the global `random` and NumPy generators: seed them from ``rng``, then restore."""
@@ -182,7 +200,7 @@ class Distorter:
         self.clean_probability = clean_probability
         self.probabilities = np.array([p for p, _, _ in preset.combos]) / sum(p for p, _, _ in preset.combos)
         self.bandstop = BandStopFilter(p=1.0)
-        self.pitch = PitchShift(min_semitones=-4.0, max_semitones=4.0, p=1.0)
+        self.pitch = CheaperPitchShift(min_semitones=-4.0, max_semitones=4.0, p=1.0)
 
     def _non_additive(self, kind: str, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if kind == "reverb":

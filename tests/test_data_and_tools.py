@@ -59,9 +59,11 @@ def test_crops_are_reproducible_and_bad_files_replaced(tmp_path):
     source = load_audio_source(str(tmp_path))
     dataset = CroppedAudioDataset(source, "audio", max_length=8000, min_length=4000, seed=1)
     with pytest.warns(UserWarning, match="u3.wav"):
-        items = [dataset[i]["input_values"] for i in range(4)]
+        examples = [dataset[i] for i in range(4)]
+    items = [example["input_values"] for example in examples]
+    assert examples[3]["skipped"] == {"silent": 1}
     assert all(len(x) == 8000 for x in items)
-    assert dataset.skipped["undecodable"] >= 1
+    assert dataset.skipped["silent"] == 1 and dataset[0]["skipped"] == {}  # reported once, with the next example
     again = CroppedAudioDataset(source, "audio", max_length=8000, min_length=4000, seed=1)
     assert np.array_equal(again[0]["input_values"], items[0])
     again.set_epoch(1)
@@ -105,3 +107,24 @@ def test_bench_loss_smoke():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "speed-up (naive / gram)" in result.stdout
+
+
+def test_bench_data_smoke():
+    result = subprocess.run([sys.executable, "benchmarks/bench_data.py", "--tiny"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "real-time factor per worker" in result.stdout
+
+
+def test_parquet_source(tmp_path):
+    import datasets
+
+    paths = []
+    for i in range(3):
+        paths.append(str(write(tmp_path / f"p{i}.wav", np.full(9000, 0.1 * (i + 1), dtype=np.float32))["path"]))
+    table = datasets.Dataset.from_dict({"audio": paths}).cast_column("audio", datasets.Audio(decode=False))
+    table = table.map(lambda row: {"audio": {"bytes": open(row["audio"]["path"], "rb").read(), "path": None}})
+    table.to_parquet(tmp_path / "speech.parquet")
+    source = load_audio_source(str(tmp_path / "speech.parquet"))
+    assert len(source) == 3
+    assert np.allclose(decode_audio(source[1]["audio"]), 0.2, atol=1e-4)

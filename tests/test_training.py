@@ -232,3 +232,36 @@ def test_streamed_source_with_views_feeds_the_trainer(tmp_path, demo_data):
 def test_noise_configuration_mistakes_fail_at_start(tmp_path, demo_data, extra, message):
     with pytest.raises(SystemExit, match=message):
         main([DEMO_CONFIG, "--output_dir", str(tmp_path), *extra])
+
+
+def _write_bad_stream(folder, good):
+    """Good utterances plus one file of each bad kind; returns the expected skip counts."""
+    import numpy as np
+    import soundfile as sf
+
+    folder.mkdir()
+    speech = sorted((ROOT / "demo_data" / "speech" / "train").glob("*.flac"))[:good]
+    for path in speech:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "truncated.flac").write_bytes(speech[0].read_bytes()[:300])
+    sf.write(folder / "empty.wav", np.zeros(0, dtype=np.float32), 16000)
+    sf.write(folder / "nan.wav", np.full(16000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
+    sf.write(folder / "silent.wav", np.zeros(16000, dtype=np.float32), 16000)
+    sf.write(folder / "click.wav", np.full(800, 0.1, dtype=np.float32), 16000)  # 50 ms
+    stereo_8k = np.random.default_rng(0).standard_normal((16000, 2)).astype(np.float32) * 0.05
+    sf.write(folder / "stereo-8k.wav", stereo_8k, 8000)  # usable: mixed down and resampled
+    return {"undecodable": 1, "empty": 1, "non_finite": 1, "silent": 1, "too_short": 1}
+
+
+@pytest.mark.slow
+def test_stream_with_bad_files_completes_and_counts_them(tmp_path, demo_data):
+    expected = _write_bad_stream(tmp_path / "bad", good=13)  # 13 + 1 resampled = 14 usable: batches 4, 4, 4, 2
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning):
+        main([DEMO_CONFIG, "--output_dir", str(out), "--train_data", str(tmp_path / "bad"), "--streaming", "true",
+              "--eval_data", "demo_data/speech",
+              "--per_device_train_batch_size", "4", "--max_steps", "4", "--logging_steps", "4",
+              "--eval_strategy", "no", "--save_strategy", "no"])
+    logged = [h for h in _log(out) if "loss" in h][-1]
+    assert {reason: logged[f"skipped_{reason}"] for reason in expected} == expected
+    assert 0 < logged["padded_fraction"] < 1

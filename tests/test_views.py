@@ -13,6 +13,7 @@ from hf_corrdistill.views import (
     NoiseBank,
     ViewMaker,
     huang2022,
+    only_kind,
     robustdistiller,
 )
 
@@ -32,8 +33,8 @@ def bank():
 
 
 def only(additive, non_additive, file_share=1.0, snr=(10, 19)):
-    return DistortionPreset(combos=((1.0, additive, non_additive),), snr_low=snr[0], snr_high=snr[1],
-                            file_noise_share=file_share)
+    base = DistortionPreset(combos=(), snr_low=snr[0], snr_high=snr[1], file_noise_share=file_share)
+    return only_kind(additive, non_additive, base)
 
 
 @pytest.mark.parametrize("non_additive", ["reverb", "bandstop", "pitch"])
