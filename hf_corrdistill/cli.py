@@ -109,12 +109,12 @@ def build_views(data: DataArguments) -> ViewMaker | None:
     )
     if preset.snr_low > preset.snr_high:
         raise ConfigError(f"inverted SNR range: {preset.snr_low} > {preset.snr_high} dB")
-    bank = NoiseBank(data.noise_dirs, data.noise_cache_dir)
+    bank = NoiseBank(data.noise_sources, data.noise_cache_dir)
     responses = load_impulse_responses(data.impulse_response_dir) if data.impulse_response_dir else None
     return ViewMaker(data.views, Distorter(preset, bank, responses, data.clean_probability))
 
 
-def _datasets(data: DataArguments, seed: int, views: ViewMaker | None):
+def _datasets(data: DataArguments, seed: int, views: ViewMaker | None, batch_size: int):
     source = load_audio_source(
         data.train_data, data.train_split, config_name=data.data_config_name, audio_column=data.audio_column,
         streaming=data.streaming,
@@ -122,7 +122,8 @@ def _datasets(data: DataArguments, seed: int, views: ViewMaker | None):
     crop = {"audio_column": data.audio_column, "max_length": data.max_length, "min_length": data.min_length,
             "views": views}
     if data.streaming:
-        train = StreamedCroppedAudio(source, seed=seed, shuffle_buffer=data.shuffle_buffer, **crop)
+        train = StreamedCroppedAudio(source, seed=seed, shuffle_buffer=data.shuffle_buffer, batch_size=batch_size,
+                                     length_group_batches=data.length_group_batches, **crop)
     else:
         train = CroppedAudioDataset(source, seed=seed, **crop)
     evaluation = None
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         teacher_config = load_teacher_config(args.teacher_name_or_path)
         student_config = build_student_config(args, teacher_config)
         check_compatible(student_config, teacher_config, args.teacher_name_or_path)
-        train_dataset, eval_dataset = _datasets(data, args.seed, build_views(data))
+        train_dataset, eval_dataset = _datasets(data, args.seed, build_views(data), args.per_device_train_batch_size)
     except (ValueError, FileNotFoundError, KeyError) as error:  # ConfigError, TeacherError and dataclass validation
         raise SystemExit(f"configuration error: {error}") from None
     if args.ddp_find_unused_parameters is None:  # every student parameter is used unless layers can be dropped

@@ -5,6 +5,7 @@ Every source becomes a `datasets` dataset with an ``Audio(decode=False)`` column
 """
 
 import io
+import itertools
 import logging
 import math
 import warnings
@@ -48,6 +49,11 @@ def _audio_files(folder: Path, split: str) -> list[str]:
     return files
 
 
+def is_saved_dataset(path: Path) -> bool:
+    """Whether ``path`` is a folder written by `save_to_disk`."""
+    return (path / "dataset_dict.json").exists() or (path / "state.json").exists()
+
+
 def load_audio_source(
     source: str,
     split: str = "train",
@@ -71,7 +77,7 @@ def load_audio_source(
         return datasets.concatenate_datasets(parts)
     path = Path(source)
     if path.is_dir():
-        if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+        if is_saved_dataset(path):
             dataset = load_from_disk(str(path))
             if isinstance(dataset, datasets.DatasetDict):
                 if split not in dataset:
@@ -221,15 +227,18 @@ class StreamedCroppedAudio(_CropMixin, torch.utils.data.IterableDataset):
         seed: int,
         shuffle_buffer: int = 0,
         views=None,
+        batch_size: int = 1,
+        length_group_batches: int = 0,
     ):
         self.dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer) if shuffle_buffer > 0 else dataset
         self._init_crop(audio_column, max_length, min_length, seed, views)
+        self.batch_size, self.length_group_batches = batch_size, length_group_batches
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
         self.dataset.set_epoch(epoch)
 
-    def __iter__(self):
+    def _usable(self):
         """Each DataLoader worker reads its own shards when there are enough, else every n-th utterance."""
         worker = torch.utils.data.get_worker_info()
         workers, index = (1, 0) if worker is None else (worker.num_workers, worker.id)
@@ -238,16 +247,39 @@ class StreamedCroppedAudio(_CropMixin, torch.utils.data.IterableDataset):
             stream = self.dataset.shard(num_shards=workers, index=index)
         elif workers > 1:
             stride = workers
-        held = None  # one example is held back, so that skips after the last usable one still get reported
         for position, row in enumerate(stream):
             if position % stride != index % stride:
                 continue
             key = position if stride > 1 else position * workers + index  # distinct across workers: own crops
             example = self._example(row[self.audio_column], key)
             if example is not None:
-                if held is not None:
-                    yield held
-                held = example
+                yield example
+
+    def _grouped(self, examples):
+        """Sort ``length_group_batches`` batches' worth of examples by length, cut them into batches and emit the
+        batches in a shuffled order: little padding, no short-to-long drift."""
+        size = self.batch_size * self.length_group_batches
+        rng = np.random.default_rng((self.seed, self.epoch, 2))
+        buffer = []
+        for example in itertools.chain(examples, [None]):
+            if example is not None:
+                buffer.append(example)
+            if buffer and (len(buffer) == size or example is None):
+                buffer.sort(key=lambda e: len(e["input_values"]))
+                batches = [buffer[i : i + self.batch_size] for i in range(0, len(buffer), self.batch_size)]
+                for batch in (batches[i] for i in rng.permutation(len(batches))):
+                    yield from batch
+                buffer = []
+
+    def __iter__(self):
+        examples = self._usable()
+        if self.length_group_batches > 0:
+            examples = self._grouped(examples)
+        held = None  # one example is held back, so that skips after the last usable one still get reported
+        for example in examples:
+            if held is not None:
+                yield held
+            held = example
         if held is not None:
             held["skipped"] = dict(Counter(held["skipped"]) + self._unreported)
             self._unreported = Counter()

@@ -157,6 +157,11 @@ class DataArguments:
     audio_column: str = field(default="audio", metadata={"help": "Column holding the audio."})
     streaming: bool = field(default=False, metadata={"help": "Stream the training data instead of indexing it."})
     shuffle_buffer: int = field(default=1000, metadata={"help": "Shuffle buffer of a streamed source."})
+    length_group_batches: int = field(
+        default=32,
+        metadata={"help": "A streamed source is sorted by length this many batches at a time, to limit padding "
+                  "(0: off)."},
+    )
     max_length: int = field(default=250_000, metadata={"help": "Random crop length in samples (15.6 s at 16 kHz)."})
     min_length: int = field(default=8_000, metadata={"help": "Shorter utterances are skipped (samples)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many."})
@@ -168,8 +173,10 @@ class DataArguments:
     distortion: Literal[PRESETS] = field(
         default="huang2022", metadata={"help": "Distortion preset of the views: 'huang2022' or 'robustdistiller'."}
     )
-    noise_dirs: list[str] | None = field(
-        default=None, metadata={"help": "Folders of noise files (MUSAN-style noise/music/speech, WHAM!, ...)."}
+    noise_sources: list[str] | None = field(
+        default=None,
+        metadata={"help": "Noise for the views: folders of audio files (MUSAN-style noise/music/speech, WHAM!, ...) "
+                  "or datasets (save_to_disk folder, parquet, Hub id) with an 'audio' column."},
     )
     noise_cache_dir: str | None = field(
         default=None, metadata={"help": "Where noise files not at 16 kHz mono are converted once (default ~/.cache)."}
@@ -196,5 +203,5 @@ class DataArguments:
             raise ValueError(f"inverted SNR range: snr_min ({self.snr_min}) > snr_max ({self.snr_max})")
         if not 0.0 <= self.clean_probability <= 1.0:
             raise ValueError(f"clean_probability must be in [0, 1], got {self.clean_probability}")
-        if self.views != "clean" and not self.noise_dirs:
-            raise ValueError(f"views={self.views!r} mixes noise files: give noise_dirs (folders of noise audio)")
+        if self.views != "clean" and not self.noise_sources:
+            raise ValueError(f"views={self.views!r} mixes noise files: give noise_sources (noise folders or datasets)")

@@ -8,6 +8,7 @@ relative to that signal. The SNR actually applied travels with the view (+inf wh
 import hashlib
 import logging
 import random
+import re
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,13 +22,14 @@ import soxr
 from audiomentations import BandStopFilter, PitchShift
 from scipy.signal import fftconvolve
 
-from .data import AUDIO_SUFFIXES, SAMPLE_RATE
+from .data import AUDIO_SUFFIXES, SAMPLE_RATE, decode_audio, is_saved_dataset, load_audio_source
 
 logger = logging.getLogger(__name__)
 
 Setup = Literal["clean", "setup1", "setup2"]
 SETUPS: tuple[str, ...] = ("clean", "setup1", "setup2")
 PRESETS: tuple[str, ...] = ("huang2022", "robustdistiller")
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
 @dataclass(frozen=True)
@@ -81,25 +83,29 @@ def mix_at_snr(signal: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarr
 
 
 class NoiseBank:
-    """Noise files from folders, read by random segments at 16 kHz.
+    """Noise audio read by random segments at 16 kHz, from folders of files or from `datasets` sources.
 
-    Files at another rate or with several channels are converted once into ``cache_dir`` and read from there.
-    A missing folder or one without audio is an error at construction, naming it.
+    A folder's files at another rate or with several channels are converted once into ``cache_dir``; a dataset
+    (a `save_to_disk` folder, parquet files or a Hub id, with an ``audio`` column) is written there once as 16 kHz
+    FLAC files. A missing or empty source is an error at construction, naming it.
     """
 
-    def __init__(self, folders: Sequence[str], cache_dir: str | None = None):
-        if not folders:
-            raise ValueError("no noise folders given")
+    def __init__(self, sources: Sequence[str], cache_dir: str | None = None):
+        if not sources:
+            raise ValueError("no noise sources given")
         self.files: list[str] = []
         cache = Path(cache_dir or Path.home() / ".cache" / "hf_corrdistill" / "noise16k")
-        for folder in folders:
-            root = Path(folder)
-            if not root.is_dir():
-                raise FileNotFoundError(f"noise folder {folder} does not exist")
-            found = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-            if not found:
-                raise FileNotFoundError(f"noise folder {folder} holds no {'/'.join(AUDIO_SUFFIXES)} files")
-            self.files.extend(self._at_16k(path, cache) for path in found)
+        for source in sources:
+            root = Path(source)
+            if root.is_dir() and not is_saved_dataset(root):
+                found = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+                if not found:
+                    raise FileNotFoundError(f"noise folder {source} holds no {'/'.join(AUDIO_SUFFIXES)} files")
+                self.files.extend(self._at_16k(path, cache) for path in found)
+            elif root.exists() or HUB_ID.fullmatch(source):
+                self.files.extend(self._from_dataset(source, cache))
+            else:
+                raise FileNotFoundError(f"noise source {source} does not exist (nor is it a Hub id ORG/NAME)")
         self.frames = [sf.info(path).frames for path in self.files]
         empty = [path for path, frames in zip(self.files, self.frames, strict=True) if frames == 0]
         if empty:
@@ -120,6 +126,22 @@ class NoiseBank:
             sf.write(target, converted, SAMPLE_RATE, subtype="PCM_16")
             logger.info("converted noise %s to 16 kHz mono in %s", path, target)
         return str(target)
+
+    @staticmethod
+    def _from_dataset(source: str, cache: Path) -> list[str]:
+        folder = cache / f"dataset-{hashlib.sha1(source.encode()).hexdigest()[:16]}"
+        done = folder / "complete"
+        if not done.exists():
+            dataset = load_audio_source(source)
+            folder.mkdir(parents=True, exist_ok=True)
+            for index, row in enumerate(dataset):
+                sf.write(folder / f"{index:06d}.flac", decode_audio(row["audio"]), SAMPLE_RATE, subtype="PCM_16")
+            done.write_text(source + "\n")
+            logger.info("wrote %d noise files of %s to %s", len(dataset), source, folder)
+        files = sorted(str(p) for p in folder.glob("*.flac"))
+        if not files:
+            raise FileNotFoundError(f"noise dataset {source} holds no audio")
+        return files
 
     def __len__(self) -> int:
         return len(self.files)
@@ -148,8 +170,6 @@ def simulated_room(rng: np.random.Generator, rt60_range: tuple[float, float] = (
 
 def load_impulse_responses(folder: str) -> list[np.ndarray]:
     """Every audio file of ``folder`` as a 16 kHz impulse response of unit energy."""
-    from .data import decode_audio
-
     paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
     if not paths:
         raise FileNotFoundError(f"impulse-response folder {folder} holds no {'/'.join(AUDIO_SUFFIXES)} files")

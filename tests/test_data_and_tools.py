@@ -128,3 +128,21 @@ def test_parquet_source(tmp_path):
     source = load_audio_source(str(tmp_path / "speech.parquet"))
     assert len(source) == 3
     assert np.allclose(decode_audio(source[1]["audio"]), 0.2, atol=1e-4)
+
+
+def test_length_grouping_limits_padding_and_keeps_every_utterance(tmp_path):
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5000, 40000, size=24)
+    for i, length in enumerate(lengths):
+        write(tmp_path / f"u{i:02d}.wav", rng.standard_normal(length).astype(np.float32) * 0.1)
+    source = load_audio_source(str(tmp_path), streaming=True)
+
+    def padded_fraction(group_batches):
+        stream = StreamedCroppedAudio(source, "audio", 48000, 4000, seed=0, batch_size=4,
+                                      length_group_batches=group_batches)
+        examples = [len(e["input_values"]) for e in stream]
+        assert sorted(examples) == sorted(lengths.tolist())  # each utterance exactly once
+        batches = [examples[i : i + 4] for i in range(0, len(examples), 4)]
+        return 1 - sum(sum(b) for b in batches) / sum(4 * max(b) for b in batches)
+
+    assert padded_fraction(6) < 0.5 * padded_fraction(0)

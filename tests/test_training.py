@@ -225,7 +225,7 @@ def test_streamed_source_with_views_feeds_the_trainer(tmp_path, demo_data):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--noise_dirs", "no/such/folder"], "noise folder no/such/folder does not exist"),
+        (["--noise_sources", "no/such/folder"], "noise source no/such/folder does not exist"),
         (["--snr_min", "15", "--snr_max", "5"], "inverted SNR range"),
     ],
 )

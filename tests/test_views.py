@@ -106,6 +106,8 @@ def test_clean_probability_one_leaves_views_clean(speech, bank):
 def test_noise_sources_are_checked_and_converted(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         NoiseBank([str(tmp_path / "nowhere")])
+    with pytest.raises(ValueError, match="no noise sources"):
+        NoiseBank([])
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no"):
         NoiseBank([str(tmp_path / "empty")])
@@ -118,3 +120,15 @@ def test_noise_sources_are_checked_and_converted(tmp_path):
     assert bank.segment(40000, np.random.default_rng(0)).shape == (40000,)  # looped when shorter
     with pytest.raises(ValueError, match="noise source"):
         Distorter(huang2022(), None)
+
+
+def test_noise_from_a_saved_dataset_is_cached_at_16k(tmp_path):
+    import datasets
+
+    paths = [str(p) for p in sorted((DEMO / "noise" / "test").rglob("*.flac"))]
+    table = datasets.Dataset.from_dict({"audio": paths}).cast_column("audio", datasets.Audio(decode=False))
+    table.save_to_disk(str(tmp_path / "noise_ds"))
+    bank = NoiseBank([str(tmp_path / "noise_ds")], cache_dir=str(tmp_path / "cache"))
+    assert len(bank) == 3 and all(sf.info(f).samplerate == 16000 for f in bank.files)
+    again = NoiseBank([str(tmp_path / "noise_ds")], cache_dir=str(tmp_path / "cache"))  # from the cache
+    assert again.files == bank.files
