@@ -49,6 +49,24 @@ def _audio_files(folder: Path, split: str) -> list[str]:
     return files
 
 
+def _audiofolder(folder: Path, split: str, audio_column: str) -> datasets.Dataset:
+    """An audiofolder layout (split subfolders optional, ``metadata.csv``/``.jsonl`` with a ``file_name`` column
+    optional), read without the ``audiofolder`` builder, which needs torchcodec in datasets 5."""
+    root = folder / split if (folder / split).is_dir() else folder
+    for metadata in (root / "metadata.csv", root / "metadata.jsonl"):
+        if metadata.exists():
+            table = load_dataset(metadata.suffix.lstrip(".").replace("jsonl", "json"), data_files=str(metadata),
+                                 split="train")
+            if "file_name" not in table.column_names:
+                raise KeyError(f"{metadata} has no file_name column")
+            paths = [str(root / name) for name in table["file_name"]]
+            missing = [p for p in paths if not Path(p).is_file()]
+            if missing:
+                raise FileNotFoundError(f"{metadata} lists missing files, e.g. {missing[0]}")
+            return table.remove_columns("file_name").add_column(audio_column, paths)
+    return datasets.Dataset.from_dict({audio_column: _audio_files(folder, split)})
+
+
 def is_saved_dataset(path: Path) -> bool:
     """Whether ``path`` is a folder written by `save_to_disk`."""
     return (path / "dataset_dict.json").exists() or (path / "state.json").exists()
@@ -64,7 +82,8 @@ def load_audio_source(
 ) -> datasets.Dataset | datasets.IterableDataset:
     """Open an audio source as a dataset whose ``audio_column`` is ``Audio(decode=False)``.
 
-    ``source`` is a folder of audio files (``split`` subfolders optional), a folder written by ``save_to_disk``,
+    ``source`` is a folder of audio files (the audiofolder layout: ``split`` subfolders and a ``metadata.csv``
+    optional), a folder written by ``save_to_disk``,
     a parquet file or glob, or a Hub dataset id (with ``config_name``), streamed when ``streaming`` is set.
     """
     if "+" in split:  # "a+b+c": several splits, interleaved when streamed, concatenated otherwise
@@ -84,7 +103,7 @@ def load_audio_source(
                     raise KeyError(f"{source} has splits {list(dataset)}, not {split!r}")
                 dataset = dataset[split]
         else:
-            dataset = datasets.Dataset.from_dict({audio_column: _audio_files(path, split)})
+            dataset = _audiofolder(path, split, audio_column)
         if streaming:
             dataset = dataset.to_iterable_dataset()
     elif path.suffix == ".parquet" or "*" in source:

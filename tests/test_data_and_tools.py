@@ -17,7 +17,7 @@ from hf_corrdistill.data import (
     decode_audio,
     load_audio_source,
 )
-from hf_corrdistill.demo import make_speech_corpus
+from hf_corrdistill.demo import make_noise_bank, make_speech_corpus
 
 
 def write(path, samples, rate=16000):
@@ -102,6 +102,18 @@ def test_demo_generator_is_deterministic(tmp_path):
     assert len(load_audio_source(str(tmp_path / "a"), "validation")) == 1
 
 
+def test_noise_bank_generator_is_deterministic_and_split(tmp_path):
+    make_noise_bank(tmp_path / "a", 0.5, seed=1)
+    make_noise_bank(tmp_path / "b", 0.5, seed=1)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.flac"))
+    assert {p.parts[1] for p in files} == {"noise", "music", "babble"}
+    assert {p.parts[0] for p in files} == {"train", "test"}
+    train = {p.name for p in files if p.parts[0] == "train"}
+    assert not train & {p.name for p in files if p.parts[0] == "test"}
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
 def test_bench_loss_smoke():
     result = subprocess.run([sys.executable, "benchmarks/bench_loss.py", "--tiny", "--repeats", "2"], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
@@ -146,3 +158,16 @@ def test_length_grouping_limits_padding_and_keeps_every_utterance(tmp_path):
         return 1 - sum(sum(b) for b in batches) / sum(4 * max(b) for b in batches)
 
     assert padded_fraction(6) < 0.5 * padded_fraction(0)
+
+
+def test_audiofolder_layout_with_metadata(tmp_path):
+    (tmp_path / "train").mkdir()
+    for i in range(3):
+        write(tmp_path / "train" / f"s{i}.wav", np.full(9000, 0.1, dtype=np.float32))
+    (tmp_path / "train" / "metadata.csv").write_text("file_name,text\ns0.wav,a\ns2.wav,c\n")
+    source = load_audio_source(str(tmp_path), "train")
+    assert len(source) == 2 and source[1]["text"] == "c"
+    assert source[1]["audio"]["path"].endswith("s2.wav")
+    (tmp_path / "train" / "metadata.csv").write_text("file_name,text\nmissing.wav,a\n")
+    with pytest.raises(FileNotFoundError, match="missing.wav"):
+        load_audio_source(str(tmp_path), "train")
