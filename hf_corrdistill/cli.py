@@ -147,15 +147,15 @@ def main(argv: list[str] | None = None) -> None:
         student_config = build_student_config(args, teacher_config)
         check_compatible(student_config, teacher_config, args.teacher_name_or_path)
         train_dataset, eval_dataset = _datasets(data, args.seed, build_views(data), args.per_device_train_batch_size)
+        set_seed(args.seed)
+        teacher = load_teacher(args.teacher_name_or_path, getattr(torch, args.teacher_dtype))
+        student = CorrDistillForPreTraining(student_config)
+        if args.init_from_teacher:
+            init_student_from_teacher(student, teacher)
     except (ValueError, FileNotFoundError, KeyError) as error:  # ConfigError, TeacherError and dataclass validation
         raise SystemExit(f"configuration error: {error}") from None
     if args.ddp_find_unused_parameters is None:  # every student parameter is used unless layers can be dropped
         args.ddp_find_unused_parameters = student_config.layerdrop > 0
-    set_seed(args.seed)
-    teacher = load_teacher(args.teacher_name_or_path, getattr(torch, args.teacher_dtype))
-    student = CorrDistillForPreTraining(student_config)
-    if args.init_from_teacher:
-        init_student_from_teacher(student, teacher)
     trainer = DistillationTrainer(
         model=student,
         teacher=teacher,

@@ -27,14 +27,15 @@ class DistillationOutput(ModelOutput):
 
 
 class _EpochSetter(TrainerCallback):
-    """Gives datasets with `set_epoch` (our crop datasets) the epoch, so crops differ between epochs."""
+    """Gives the training dataset the epoch (crops and views change between epochs); evaluation data keeps epoch 0,
+    so every evaluation sees the same crops and views."""
 
-    def __init__(self, *datasets):
-        self.datasets = [d for d in datasets if hasattr(d, "set_epoch")]
+    def __init__(self, dataset):
+        self.dataset = dataset
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        for dataset in self.datasets:
-            dataset.set_epoch(int(state.epoch or 0))
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(int(state.epoch or 0))
 
 
 class DistillationTrainer(Trainer):
@@ -58,7 +59,7 @@ class DistillationTrainer(Trainer):
         self._snrs: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._skipped: dict[str, list[torch.Tensor]] = {"train": [], "eval": []}  # per batch, (B, R) by reason
         self._skipped_total = {"train": torch.zeros(len(SKIP_REASONS)), "eval": torch.zeros(len(SKIP_REASONS))}
-        self.add_callback(_EpochSetter(self.train_dataset, self.eval_dataset))
+        self.add_callback(_EpochSetter(self.train_dataset))
 
     def compute_loss(
         self,

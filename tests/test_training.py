@@ -265,3 +265,10 @@ def test_stream_with_bad_files_completes_and_counts_them(tmp_path, demo_data):
     logged = [h for h in _log(out) if "loss" in h][-1]
     assert {reason: logged[f"skipped_{reason}"] for reason in expected} == expected
     assert 0 < logged["padded_fraction"] < 1
+
+
+def test_student_that_cannot_copy_the_teacher_fails_with_one_line(tmp_path, demo_data):
+    overrides = {"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128, "conv_dim": [64] * 7,
+                 "num_conv_pos_embeddings": 32, "num_conv_pos_embedding_groups": 4}  # a narrower FFN than the teacher
+    with pytest.raises(SystemExit, match="configuration error: cannot initialise the student"):
+        main([DEMO_CONFIG, "--output_dir", str(tmp_path), "--student_overrides", json.dumps(overrides)])
