@@ -131,8 +131,10 @@ class DistillationTrainer(Trainer):
                 logs[f"{prefix}{name}_db"] = total / count
             logs[f"{prefix}{name}_noisy_fraction"] = count / seen
         self._snrs[mode].clear()
-        if self._skipped[mode]:  # running totals since the start of the run, over all processes
+        if self._skipped[mode]:  # over all processes; training: running totals of the run, evaluation: this one
             batch_counts = self.accelerator.reduce(torch.cat(self._skipped[mode]).sum(0), reduction="sum")
+            if mode == "eval":
+                self._skipped_total[mode].zero_()
             self._skipped_total[mode] += batch_counts.cpu()
             for reason, total in zip(SKIP_REASONS, self._skipped_total[mode].tolist(), strict=True):
                 logs[f"{prefix}skipped_{reason}"] = int(total)
