@@ -97,9 +97,11 @@ def build_student_config(args: DistillationConfig, teacher_config) -> CorrDistil
     return CorrDistillConfig(**{**config.to_dict(), **updates})
 
 
-def build_views(data: DataArguments) -> ViewMaker | None:
+def build_views(data: DataArguments, weighting: str = "fixed") -> ViewMaker | None:
     """The teacher/student views the data arguments ask for; noise and impulse-response folders checked here."""
     if data.views == "clean":
+        if weighting != "fixed":
+            raise ConfigError(f"weighting {weighting!r} needs the SNRs of distorted views: set views")
         return None
     preset = PRESET_BUILDERS[data.distortion]()
     preset = dataclasses.replace(
@@ -109,6 +111,9 @@ def build_views(data: DataArguments) -> ViewMaker | None:
     )
     if preset.snr_low > preset.snr_high:
         raise ConfigError(f"inverted SNR range: {preset.snr_low} > {preset.snr_high} dB")
+    if weighting == "snr-reference" and preset.snr_low < 10:
+        raise ConfigError(f"weighting 'snr-reference' (w = 9.9 snr - 98) is not positive below 10 dB, but the views "
+                          f"reach {preset.snr_low} dB: raise snr_min to 10 or use weighting 'snr'")
     bank = NoiseBank(data.noise_sources, data.noise_cache_dir)
     responses = load_impulse_responses(data.impulse_response_dir) if data.impulse_response_dir else None
     return ViewMaker(data.views, Distorter(preset, bank, responses, data.clean_probability))
@@ -146,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
         teacher_config = load_teacher_config(args.teacher_name_or_path)
         student_config = build_student_config(args, teacher_config)
         check_compatible(student_config, teacher_config, args.teacher_name_or_path)
-        train_dataset, eval_dataset = _datasets(data, args.seed, build_views(data), args.per_device_train_batch_size)
+        views = build_views(data, args.weighting if args.loss == "correlation" else "fixed")
+        train_dataset, eval_dataset = _datasets(data, args.seed, views, args.per_device_train_batch_size)
         set_seed(args.seed)
         teacher = load_teacher(args.teacher_name_or_path, getattr(torch, args.teacher_dtype))
         student = CorrDistillForPreTraining(student_config)

@@ -227,6 +227,8 @@ def test_streamed_source_with_views_feeds_the_trainer(tmp_path, demo_data):
     [
         (["--noise_sources", "no/such/folder"], "noise source no/such/folder does not exist"),
         (["--snr_min", "15", "--snr_max", "5"], "inverted SNR range"),
+        (["--weighting", "snr-reference", "--distortion", "robustdistiller"], "not positive below 10 dB"),
+        (["--weighting", "snr", "--views", "clean"], "needs the SNRs of distorted views"),
     ],
 )
 def test_noise_configuration_mistakes_fail_at_start(tmp_path, demo_data, extra, message):
