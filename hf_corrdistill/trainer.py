@@ -1,5 +1,6 @@
 """`DistillationTrainer`: a `Trainer` whose loss is a distillation objective against a frozen teacher."""
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,8 @@ from .data import SKIP_REASONS
 from .losses import correlation_loss, distilhubert_loss
 from .teacher import teacher_targets
 from .training_args import DistillationConfig
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,6 +62,7 @@ class DistillationTrainer(Trainer):
         self._snrs: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._skipped: dict[str, list[torch.Tensor]] = {"train": [], "eval": []}  # per batch, (B, R) by reason
         self._skipped_total = {"train": torch.zeros(len(SKIP_REASONS)), "eval": torch.zeros(len(SKIP_REASONS))}
+        self._skipped_batches = {"train": 0, "eval": 0}  # training steps skipped for a batch of one, this process
         self.add_callback(_EpochSetter(self.train_dataset))
 
     def compute_loss(
@@ -79,12 +83,17 @@ class DistillationTrainer(Trainer):
         if predictions.shape != targets.shape:
             raise RuntimeError(f"student predictions {tuple(predictions.shape)} and teacher targets "
                                f"{tuple(targets.shape)} do not align")
+        mode = "train" if model.training else "eval"
+        if self._too_small(inputs):  # e.g. the last, partial batch of a stream: no correlation from one utterance
+            logger.warning("a batch of one utterance cannot form correlations: the step is skipped")
+            self._skipped_batches[mode] += 1
+            loss = predictions.sum() * 0.0  # zero gradients, and every process still takes part in the step
+            return (loss, None) if return_outputs else loss
         snr = {}
         if self.args.loss == "correlation":
             snr = {"student_snr": inputs.get("student_snr"), "teacher_snr": inputs.get("teacher_snr")}
         result = self.loss_fn(predictions, targets, outputs.frame_mask, **self.loss_kwargs, **snr)
         terms = {name: value for name, value in result.items() if name != "loss"}
-        mode = "train" if model.training else "eval"
         for name, value in terms.items():
             self._terms[mode][name].append(value.detach())
         for name in ("student_snr", "teacher_snr"):
@@ -100,6 +109,9 @@ class DistillationTrainer(Trainer):
             loss=result.loss, terms=terms, predictions=predictions, targets=targets, frame_mask=outputs.frame_mask
         )
 
+    def _too_small(self, inputs: dict[str, Any]) -> bool:
+        return self.args.loss == "correlation" and inputs["input_values"].shape[0] < 2
+
     def prediction_step(
         self,
         model: nn.Module,
@@ -107,7 +119,9 @@ class DistillationTrainer(Trainer):
         prediction_loss_only: bool,
         ignore_keys: list[str] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """No labels here: the distillation loss is the evaluation metric."""
+        """No labels here: the distillation loss is the evaluation metric (batches it cannot score are left out)."""
+        if self._too_small(inputs):
+            return None, None, None
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
@@ -139,4 +153,9 @@ class DistillationTrainer(Trainer):
             for reason, total in zip(SKIP_REASONS, self._skipped_total[mode].tolist(), strict=True):
                 logs[f"{prefix}skipped_{reason}"] = int(total)
         self._skipped[mode].clear()
+        if mode == "train":  # every process reduces at every log, so no process waits on another
+            count = torch.tensor(float(self._skipped_batches["train"]), device=self.args.device)
+            total = int(self.accelerator.reduce(count, reduction="sum").item())
+            if total:
+                logs["skipped_batches"] = total
         super().log(logs, start_time)

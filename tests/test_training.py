@@ -274,3 +274,18 @@ def test_student_that_cannot_copy_the_teacher_fails_with_one_line(tmp_path, demo
                  "num_conv_pos_embeddings": 32, "num_conv_pos_embedding_groups": 4}  # a narrower FFN than the teacher
     with pytest.raises(SystemExit, match="configuration error: cannot initialise the student"):
         main([DEMO_CONFIG, "--output_dir", str(tmp_path), "--student_overrides", json.dumps(overrides)])
+
+
+def test_a_batch_of_one_is_skipped_not_fatal(tmp_path, demo_data, caplog):
+    trainer = tiny_trainer(tmp_path, demo_data)
+    batch = next(iter(trainer.get_train_dataloader()))
+    one = {key: value[:1] for key, value in batch.items()}
+    model = trainer.model.train()
+    with caplog.at_level("WARNING"):
+        loss = trainer.compute_loss(model, one)
+    assert loss.item() == 0.0 and "cannot form correlations" in caplog.text
+    loss.backward()
+    assert all(p.grad is None or torch.all(p.grad == 0) for p in model.parameters())
+    assert trainer.prediction_step(model.eval(), one, prediction_loss_only=True) == (None, None, None)
+    trainer.log({"loss": 1.0})
+    assert trainer.state.log_history[-1]["skipped_batches"] == 1
