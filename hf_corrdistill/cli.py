@@ -122,7 +122,7 @@ def build_views(data: DataArguments, weighting: str = "fixed") -> ViewMaker | No
 def _datasets(data: DataArguments, seed: int, views: ViewMaker | None, batch_size: int):
     source = load_audio_source(
         data.train_data, data.train_split, config_name=data.data_config_name, audio_column=data.audio_column,
-        streaming=data.streaming,
+        streaming=data.streaming, seed=seed,
     )
     crop = {"audio_column": data.audio_column, "max_length": data.max_length, "min_length": data.min_length,
             "views": views}

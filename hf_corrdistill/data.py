@@ -67,6 +67,12 @@ def _audiofolder(folder: Path, split: str, audio_column: str) -> datasets.Datase
     return datasets.Dataset.from_dict({audio_column: _audio_files(folder, split)})
 
 
+def _split_size(dataset: datasets.IterableDataset, split: str) -> int | None:
+    splits = getattr(dataset.info, "splits", None) or {}
+    info = splits.get(split)
+    return getattr(info, "num_examples", None) or None
+
+
 def is_saved_dataset(path: Path) -> bool:
     """Whether ``path`` is a folder written by `save_to_disk`."""
     return (path / "dataset_dict.json").exists() or (path / "state.json").exists()
@@ -79,6 +85,7 @@ def load_audio_source(
     config_name: str | None = None,
     audio_column: str = "audio",
     streaming: bool = False,
+    seed: int = 0,
 ) -> datasets.Dataset | datasets.IterableDataset:
     """Open an audio source as a dataset whose ``audio_column`` is ``Audio(decode=False)``.
 
@@ -86,14 +93,22 @@ def load_audio_source(
     optional), a folder written by ``save_to_disk``,
     a parquet file or glob, or a Hub dataset id (with ``config_name``), streamed when ``streaming`` is set.
     """
-    if "+" in split:  # "a+b+c": several splits, interleaved when streamed, concatenated otherwise
+    if "+" in split:  # "a+b+c": several splits; concatenated, or interleaved in proportion when streamed remotely
+        local = Path(source).exists()
         parts = [
-            load_audio_source(source, part, config_name=config_name, audio_column=audio_column, streaming=streaming)
+            load_audio_source(source, part, config_name=config_name, audio_column=audio_column,
+                              streaming=streaming and not local, seed=seed)
             for part in split.split("+")
         ]
-        if streaming:
-            return datasets.interleave_datasets(parts, stopping_strategy="all_exhausted")
-        return datasets.concatenate_datasets(parts)
+        if not streaming or local:
+            joined = datasets.concatenate_datasets(parts)
+            return joined.to_iterable_dataset(num_shards=max(1, min(len(joined), 64))) if streaming else joined
+        sizes = [_split_size(part, name) for part, name in zip(parts, split.split("+"), strict=True)]
+        if None in sizes:
+            logger.warning("split sizes of %s unknown: its splits %s are interleaved in equal shares", source, split)
+            return datasets.interleave_datasets(parts, seed=seed, stopping_strategy="all_exhausted")
+        shares = [size / sum(sizes) for size in sizes]  # in proportion to size: one pass reads each split about once
+        return datasets.interleave_datasets(parts, probabilities=shares, seed=seed, stopping_strategy="all_exhausted")
     path = Path(source)
     if path.is_dir():
         if is_saved_dataset(path):
@@ -104,8 +119,8 @@ def load_audio_source(
                 dataset = dataset[split]
         else:
             dataset = _audiofolder(path, split, audio_column)
-        if streaming:
-            dataset = dataset.to_iterable_dataset()
+        if streaming:  # shards, so that DataLoader workers can share the stream
+            dataset = dataset.to_iterable_dataset(num_shards=max(1, min(len(dataset), 64)))
     elif path.suffix == ".parquet" or "*" in source:
         dataset = load_dataset("parquet", data_files=source, split="train", streaming=streaming)
     else:
@@ -199,7 +214,8 @@ class _CropMixin:
             self._skip("too_short", message, report)
             return None
         if samples.size > self.max_length:  # the crop depends only on (seed, epoch, key): reproducible anywhere
-            start = np.random.default_rng((self.seed, self.epoch, key)).integers(0, samples.size - self.max_length)
+            rng = np.random.default_rng((self.seed, self.epoch, key))
+            start = rng.integers(0, samples.size - self.max_length + 1)
             samples = samples[start : start + self.max_length]
         return samples
 
@@ -258,18 +274,11 @@ class StreamedCroppedAudio(_CropMixin, torch.utils.data.IterableDataset):
         self.dataset.set_epoch(epoch)
 
     def _usable(self):
-        """Each DataLoader worker reads its own shards when there are enough, else every n-th utterance."""
+        """Inside a DataLoader worker, `datasets` hands each worker its own shards of the stream."""
         worker = torch.utils.data.get_worker_info()
         workers, index = (1, 0) if worker is None else (worker.num_workers, worker.id)
-        stream, stride = self.dataset, 1
-        if workers > 1 and self.dataset.num_shards >= workers:
-            stream = self.dataset.shard(num_shards=workers, index=index)
-        elif workers > 1:
-            stride = workers
-        for position, row in enumerate(stream):
-            if position % stride != index % stride:
-                continue
-            key = position if stride > 1 else position * workers + index  # distinct across workers: own crops
+        for position, row in enumerate(self.dataset):
+            key = position * workers + index  # distinct across workers: each utterance its own crop and views
             example = self._example(row[self.audio_column], key)
             if example is not None:
                 yield example

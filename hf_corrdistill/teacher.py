@@ -93,8 +93,9 @@ def teacher_targets(
     attention_mask: torch.Tensor | None,
     layer_ids: tuple[int, ...],
 ) -> torch.Tensor:
-    """Hidden states of the predicted teacher layers, stacked: (B, T) samples -> (B, N, F, D)."""
-    outputs = teacher(input_values, attention_mask=attention_mask, output_hidden_states=True)
+    """Hidden states of the predicted teacher layers, stacked: (B, T) samples -> (B, N, F, D), in the teacher's
+    precision (the input is cast to it)."""
+    outputs = teacher(input_values.to(teacher.dtype), attention_mask=attention_mask, output_hidden_states=True)
     hidden = outputs.hidden_states  # (num_layers + 1) x (B, F, D); index k = output of layer k
     return torch.stack([hidden[k] for k in layer_ids], dim=1)  # (B, N, F, D)
 

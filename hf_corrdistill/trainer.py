@@ -44,7 +44,8 @@ class _EpochSetter(TrainerCallback):
 class DistillationTrainer(Trainer):
     """Distils a frozen `teacher` into `model` (a `CorrDistillForPreTraining`).
 
-    The teacher runs in eval mode without gradients, is placed by accelerate but never wrapped for data
+    The teacher runs in eval mode without gradients, in its own precision (`teacher_dtype`, outside any
+    mixed-precision autocast of the student), on the accelerator's device; it is never wrapped for data
     parallelism, never enters the optimizer and is never written into checkpoints (only `self.model` is).
     """
 
@@ -53,8 +54,7 @@ class DistillationTrainer(Trainer):
 
     def __init__(self, model: PreTrainedModel, teacher: PreTrainedModel, args: DistillationConfig, **kwargs):
         super().__init__(model=model, args=args, **kwargs)
-        teacher.eval().requires_grad_(False)
-        self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
+        self.teacher = teacher.eval().requires_grad_(False).to(self.accelerator.device)
         self.teacher_layers = tuple(model.config.pred_layer_ids)
         self.loss_fn = correlation_loss if args.loss == "correlation" else distilhubert_loss
         self.loss_kwargs = args.loss_kwargs()
@@ -75,7 +75,7 @@ class DistillationTrainer(Trainer):
         student_values = inputs["input_values"]  # (B, T)
         teacher_values = inputs.get("teacher_input_values", student_values)  # (B, T): its own view when given
         attention_mask = inputs.get("attention_mask")  # (B, T)
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(student_values.device.type, enabled=False):
             teacher_mask = attention_mask if self.args.teacher_attention_mask else None
             targets = teacher_targets(self.teacher, teacher_values, teacher_mask, self.teacher_layers)  # (B, N, F, D)
         outputs = model(input_values=student_values, attention_mask=attention_mask)

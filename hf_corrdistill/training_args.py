@@ -117,8 +117,9 @@ class DistillationConfig(TrainingArguments):
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.snr_high <= self.snr_low:
             raise ValueError(f"snr_high ({self.snr_high}) must exceed snr_low ({self.snr_low})")
-        if self.loss == "correlation" and self.per_device_train_batch_size < 2:
-            raise ValueError("the correlation loss needs per_device_train_batch_size >= 2")
+        if self.loss == "correlation" and min(self.per_device_train_batch_size, self.per_device_eval_batch_size) < 2:
+            raise ValueError("the correlation loss needs per_device_train_batch_size and per_device_eval_batch_size "
+                             ">= 2: correlations come from several utterances")
 
     def loss_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the selected loss function, from this config."""
@@ -150,9 +151,11 @@ class DataArguments:
     )
     train_split: str = field(default="train", metadata={"help": "Split of train_data."})
     data_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    eval_data: str | None = field(default=None, metadata={"help": "Evaluation audio; default: train_data."})
+    eval_data: str | None = field(
+        default=None, metadata={"help": "Evaluation audio (same kinds as train_data); default: train_data."}
+    )
     eval_split: str | None = field(
-        default=None, metadata={"help": "Split of eval_data; none disables evaluation unless eval_data is set."}
+        default=None, metadata={"help": "Split of eval_data (or of train_data) to evaluate on; none: no evaluation."}
     )
     audio_column: str = field(default="audio", metadata={"help": "Column holding the audio."})
     streaming: bool = field(default=False, metadata={"help": "Stream the training data instead of indexing it."})
@@ -193,6 +196,8 @@ class DataArguments:
     def __post_init__(self):
         if not self.train_data:
             raise ValueError("train_data is required: a folder, a saved dataset, parquet files or a Hub dataset id")
+        if self.eval_data and not self.eval_split:
+            raise ValueError("eval_data is set but eval_split is not: name the split to evaluate on")
         if self.min_length < 400:
             raise ValueError(f"min_length must be >= 400 samples (one CNN frame), got {self.min_length}")
         if self.max_length < self.min_length:

@@ -171,3 +171,21 @@ def test_audiofolder_layout_with_metadata(tmp_path):
     (tmp_path / "train" / "metadata.csv").write_text("file_name,text\nmissing.wav,a\n")
     with pytest.raises(FileNotFoundError, match="missing.wav"):
         load_audio_source(str(tmp_path), "train")
+
+
+def test_streamed_source_is_shared_by_dataloader_workers(tmp_path):
+    for i in range(10):
+        write(tmp_path / f"u{i}.wav", np.full(9000 + 100 * i, 0.1, dtype=np.float32))
+    stream = StreamedCroppedAudio(load_audio_source(str(tmp_path), streaming=True), "audio", 20000, 4000, seed=0)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2)
+    lengths = sorted(len(example["input_values"]) for example in loader)
+    assert lengths == [9000 + 100 * i for i in range(10)]  # every utterance exactly once
+
+
+def test_joined_splits(tmp_path):
+    for split, count in (("a", 2), ("b", 3)):
+        (tmp_path / split).mkdir()
+        for i in range(count):
+            write(tmp_path / split / f"{split}{i}.wav", np.full(9000, 0.1, dtype=np.float32))
+    assert len(load_audio_source(str(tmp_path), "a+b")) == 5
+    assert len(list(load_audio_source(str(tmp_path), "a+b", streaming=True))) == 5

@@ -47,6 +47,8 @@ def test_yaml_gives_defaults_and_flags_override(tmp_path, demo_data):
         (["--weighting", "auto"], "weighting"),
         (["--snr_low", "25"], "snr_high"),
         (["--per_device_train_batch_size", "1"], "batch_size >= 2"),
+        (["--per_device_eval_batch_size", "1"], "batch_size >= 2"),
+        (["--eval_data", "demo_data/speech", "--eval_split", ""], "name the split"),
     ],
 )
 def test_configuration_mistakes_fail_at_parse_time(extra, message, tmp_path):
@@ -116,6 +118,12 @@ def test_teacher_is_frozen_and_outside_the_optimizer(tmp_path, demo_data):
     assert not trainer.teacher.training
 
 
+def test_half_precision_teacher_takes_float32_audio():
+    teacher = tiny_teacher().to(torch.bfloat16)
+    targets = teacher_targets(teacher, torch.randn(2, 8000), None, (1, 3))
+    assert targets.dtype == torch.bfloat16 and targets.shape == (2, 2, 24, 32)
+
+
 def test_gradient_accumulation_averages_micro_batches(tmp_path, demo_data):
     trainer = tiny_trainer(tmp_path, demo_data, gradient_accumulation_steps=2)
     trainer.current_gradient_accumulation_steps = 2
@@ -138,6 +146,10 @@ def test_bf16_autocast_keeps_the_loss_in_float32(tmp_path, demo_data):
     with torch.autocast("cpu", dtype=torch.bfloat16):  # what accelerate wraps the forward passes in
         loss, out = trainer.compute_loss(trainer.model, batch, return_outputs=True)
     assert out.predictions.dtype == torch.bfloat16  # the network ran under autocast
+    assert out.targets.dtype == torch.float32  # the teacher did not: it keeps its own precision
+    with torch.no_grad():
+        plain = teacher_targets(trainer.teacher, batch["input_values"], batch["attention_mask"], (1, 2, 3))
+    assert torch.equal(out.targets, plain)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     trainer.train()
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
