@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import HfArgumentParser, set_seed
+from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from .configuration_corrdistill import CorrDistillConfig
 from .data import (
@@ -119,6 +119,66 @@ def build_views(data: DataArguments, weighting: str = "fixed") -> ViewMaker | No
     return ViewMaker(data.views, Distorter(preset, bank, responses, data.clean_probability))
 
 
+RUN_CONFIG = "run_config.json"
+_SCHEDULE_FIELDS = {"max_steps", "num_train_epochs"}  # may change when a run is resumed to go on longer
+
+
+def run_identity(args: DistillationConfig, data: DataArguments) -> dict:
+    """What makes a run this run: teacher, student, objective, data, seed and optimisation (not its schedule,
+    logging or output paths)."""
+    ours = {f.name for f in dataclasses.fields(DistillationConfig)} - {f.name for f in dataclasses.fields(
+        TrainingArguments)}
+    chosen = ours | {"seed", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
+                     "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "warmup_steps",
+                     "lr_scheduler_type", "bf16", "fp16"}
+    identity = {name: getattr(args, name) for name in sorted(chosen - _SCHEDULE_FIELDS)}
+    identity.update({f"data.{k}": v for k, v in dataclasses.asdict(data).items() if not k.startswith("eval")})
+    return json.loads(json.dumps(identity, default=str))
+
+
+def complete_checkpoint(folder: Path) -> bool:
+    """A checkpoint is complete when its trainer state, written last, parses: a kill while saving leaves none."""
+    try:
+        json.loads((folder / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def check_output_dir(args: DistillationConfig, data: DataArguments) -> str | None:
+    """Refuse an output folder holding another run; resolve ``resume_from_checkpoint`` ("last" allowed).
+
+    Returns the checkpoint to resume from, or None.
+    """
+    output = Path(args.output_dir)
+    identity = run_identity(args, data)
+    saved = output / RUN_CONFIG
+    checkpoints = sorted(output.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    if saved.exists():
+        before = json.loads(saved.read_text())
+        differs = sorted(k for k in set(before) | set(identity) if before.get(k) != identity.get(k))
+        if differs:
+            raise ConfigError(f"{output} holds a different run (it differs in {', '.join(differs[:8])}); "
+                              "choose another output_dir")
+    elif checkpoints:
+        raise ConfigError(f"{output} holds checkpoints of a run this version did not record; choose another "
+                          "output_dir")
+    resume = args.resume_from_checkpoint
+    if resume in ("last", "true", "True"):
+        complete = [c for c in checkpoints if complete_checkpoint(c)]
+        for broken in sorted(set(checkpoints) - set(complete)):
+            logger.warning("ignoring %s: written only in part (the run stopped while saving it)", broken)
+        resume = str(complete[-1]) if complete else None
+        if resume is None:
+            logger.info("no complete checkpoint in %s: starting from the beginning", output)
+    elif resume is not None and not complete_checkpoint(Path(resume)):
+        raise ConfigError(f"{resume} is not a complete checkpoint (no readable trainer_state.json)")
+    output.mkdir(parents=True, exist_ok=True)
+    if args.process_index == 0:
+        saved.write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
+    return resume
+
+
 def _datasets(data: DataArguments, seed: int, views: ViewMaker | None, batch_size: int):
     source = load_audio_source(
         data.train_data, data.train_split, config_name=data.data_config_name, audio_column=data.audio_column,
@@ -151,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
         teacher_config = load_teacher_config(args.teacher_name_or_path)
         student_config = build_student_config(args, teacher_config)
         check_compatible(student_config, teacher_config, args.teacher_name_or_path)
+        resume = check_output_dir(args, data)
         views = build_views(data, args.weighting if args.loss == "correlation" else "fixed")
         train_dataset, eval_dataset = _datasets(data, args.seed, views, args.per_device_train_batch_size)
         set_seed(args.seed)
@@ -173,7 +234,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     logger.info("student: %.2fM backbone parameters; teacher layers %s", student.corrdistill.num_parameters() / 1e6,
                 list(student_config.pred_layer_ids))
-    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    if resume:
+        logger.info("resuming from %s", resume)
+    result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     trainer.save_state()
     metrics = dict(result.metrics)

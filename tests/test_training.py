@@ -1,7 +1,9 @@
 """train.py end to end: configuration parsing, the Trainer's loss, accumulation, precision, resume and DDP."""
 
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -13,7 +15,7 @@ from safetensors import safe_open
 from transformers import AutoModel
 
 from hf_corrdistill import CorrDistillForPreTraining
-from hf_corrdistill.cli import ConfigError, _warn_single_cpu_process, main, parse_args
+from hf_corrdistill.cli import ConfigError, _warn_single_cpu_process, complete_checkpoint, main, parse_args
 from hf_corrdistill.data import AudioCollator, CroppedAudioDataset, load_audio_source
 from hf_corrdistill.losses import correlation_loss
 from hf_corrdistill.teacher import teacher_targets
@@ -301,3 +303,83 @@ def test_a_batch_of_one_is_skipped_not_fatal(tmp_path, demo_data, caplog):
     assert trainer.prediction_step(model.eval(), one, prediction_loss_only=True) == (None, None, None)
     trainer.log({"loss": 1.0})
     assert trainer.state.log_history[-1]["skipped_batches"] == 1
+
+
+# ---------------------------------------------------------------- long runs
+FAST = ["--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--max_length", "16000",
+        "--pool_positions", "20", "--eval_strategy", "no"]
+
+
+def test_output_folder_of_another_run_is_refused(tmp_path, demo_data):
+    out = tmp_path / "run"
+    main([DEMO_CONFIG, "--output_dir", str(out), *FAST, "--max_steps", "1", "--save_strategy", "no"])
+    with pytest.raises(SystemExit, match="holds a different run.*lambda_cross"):
+        main([DEMO_CONFIG, "--output_dir", str(out), *FAST, "--max_steps", "1", "--lambda_cross", "0.1"])
+    (tmp_path / "foreign" / "checkpoint-5").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="did not record"):
+        main([DEMO_CONFIG, "--output_dir", str(tmp_path / "foreign"), *FAST, "--max_steps", "1"])
+    with pytest.raises(SystemExit, match="not a complete checkpoint"):
+        main([DEMO_CONFIG, "--output_dir", str(out), *FAST, "--resume_from_checkpoint", str(tmp_path / "nowhere")])
+
+
+@pytest.mark.slow
+def test_same_seed_gives_the_same_first_50_losses(tmp_path, demo_data):
+    runs = []
+    for name in ("a", "b"):
+        main([DEMO_CONFIG, "--output_dir", str(tmp_path / name), *FAST, "--max_steps", "50", "--logging_steps", "1",
+              "--save_strategy", "no"])
+        runs.append([h["loss"] for h in _log(tmp_path / name) if "loss" in h])
+    assert len(runs[0]) == 50 and runs[0] == runs[1]
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, demo_data):
+    flags = [*FAST, "--max_steps", "12", "--logging_steps", "1", "--save_steps", "3", "--save_total_limit", "10"]
+    main([DEMO_CONFIG, "--output_dir", str(tmp_path / "whole"), *flags])
+    out = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "train.py", DEMO_CONFIG, "--output_dir", str(out), *flags],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not complete_checkpoint(out / "checkpoint-6") and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.kill()  # SIGKILL: no clean-up of any kind
+    process.wait()
+    assert complete_checkpoint(out / "checkpoint-6") and not (out / "checkpoint-12").exists()
+    partial = out / "checkpoint-9"  # what a kill while saving leaves: files, but no trainer state
+    if not partial.exists():
+        shutil.copytree(out / "checkpoint-6", partial)
+        (partial / "trainer_state.json").unlink()
+    main([DEMO_CONFIG, "--output_dir", str(out), *flags, "--resume_from_checkpoint", "last"])
+    whole = {h["step"]: h["loss"] for h in _log(tmp_path / "whole") if "loss" in h}
+    resumed = {h["step"]: h["loss"] for h in _log(out) if "loss" in h}
+    assert max(resumed) == 12
+    for step in range(7, 13):
+        assert resumed[step] == pytest.approx(whole[step], rel=1e-5, abs=1e-6), step
+
+
+@pytest.mark.slow
+def test_200_fp16_steps_stay_finite(tmp_path, demo_data):
+    out = tmp_path / "fp16"
+    main([DEMO_CONFIG, "--output_dir", str(out), *FAST, "--max_steps", "200", "--logging_steps", "10",
+          "--save_strategy", "no", "--fp16", "true", "--use_cpu", "true"])
+    losses = [h["loss"] for h in _log(out) if "loss" in h]
+    assert len(losses) == 20 and all(math.isfinite(x) for x in losses)
+    student = AutoModel.from_pretrained(out)
+    assert all(torch.isfinite(p).all() for p in student.parameters())
+
+
+@pytest.mark.parametrize("kind", ["identical", "silent"])
+def test_degenerate_batches_give_a_finite_loss(tmp_path, demo_data, kind):
+    trainer = tiny_trainer(tmp_path, demo_data)
+    batch = next(iter(trainer.get_train_dataloader()))
+    if kind == "identical":
+        batch = {k: v[:1].repeat(4, *([1] * (v.dim() - 1))) for k, v in batch.items()}
+    else:
+        batch["input_values"] = torch.zeros_like(batch["input_values"])
+    model = trainer.model.train()
+    for size in (4, 2):
+        loss = trainer.compute_loss(model, {k: v[:size] for k, v in batch.items()})
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+        model.zero_grad()
