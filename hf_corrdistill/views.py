@@ -16,11 +16,8 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import python_stretch
 import soundfile as sf
 import soxr
-from audiomentations import BandStopFilter, PitchShift
-from scipy.signal import fftconvolve
 
 from .data import AUDIO_SUFFIXES, SAMPLE_RATE, decode_audio, is_saved_dataset, load_audio_source
 
@@ -177,15 +174,21 @@ def load_impulse_responses(folder: str) -> list[np.ndarray]:
     return [(r / np.sqrt(np.sum(np.square(r)))).astype(np.float32) for r in responses]
 
 
-class CheaperPitchShift(PitchShift):
+def cheaper_pitch_shift(min_semitones: float = -4.0, max_semitones: float = 4.0):
     """audiomentations' `PitchShift` with the signalsmith stretcher's cheaper preset: about 1.7x faster on one core,
-    good enough for an augmentation (audiomentations draws the shift; only the processor setting differs)."""
+    good enough for an augmentation (audiomentations draws the shift; only the processor setting differs).
+    audiomentations and its SciPy import are loaded here, on first use, to keep start-up checks quick."""
+    import python_stretch
+    from audiomentations import PitchShift
 
-    def apply(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
-        stretch = python_stretch.Signalsmith.Stretch()
-        stretch.preset(1, sample_rate, True)
-        stretch.setTransposeSemitones(self.parameters["num_semitones"])
-        return stretch.process(np.ascontiguousarray(samples[None, :], dtype=np.float32))[0]
+    class CheaperPitchShift(PitchShift):
+        def apply(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
+            stretch = python_stretch.Signalsmith.Stretch()
+            stretch.preset(1, sample_rate, True)
+            stretch.setTransposeSemitones(self.parameters["num_semitones"])
+            return stretch.process(np.ascontiguousarray(samples[None, :], dtype=np.float32))[0]
+
+    return CheaperPitchShift(min_semitones=min_semitones, max_semitones=max_semitones, p=1.0)
 
 
 @contextmanager
@@ -219,11 +222,15 @@ class Distorter:
         self.impulse_responses = list(impulse_responses or [])
         self.clean_probability = clean_probability
         self.probabilities = np.array([p for p, _, _ in preset.combos]) / sum(p for p, _, _ in preset.combos)
+        from audiomentations import BandStopFilter
+
         self.bandstop = BandStopFilter(p=1.0)
-        self.pitch = CheaperPitchShift(min_semitones=-4.0, max_semitones=4.0, p=1.0)
+        self.pitch = cheaper_pitch_shift()
 
     def _non_additive(self, kind: str, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if kind == "reverb":
+            from scipy.signal import fftconvolve
+
             response = (self.impulse_responses[int(rng.integers(len(self.impulse_responses)))]
                         if self.impulse_responses else simulated_room(rng))
             wet = fftconvolve(audio, response)[: audio.size]
