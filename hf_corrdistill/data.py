@@ -73,6 +73,11 @@ def _split_size(dataset: datasets.IterableDataset, split: str) -> int | None:
     return getattr(info, "num_examples", None) or None
 
 
+def _stream(dataset: datasets.Dataset) -> datasets.IterableDataset:
+    """A local dataset as a stream, in shards so that DataLoader workers can share it."""
+    return dataset.to_iterable_dataset(num_shards=max(1, min(len(dataset), 64)))
+
+
 def is_saved_dataset(path: Path) -> bool:
     """Whether ``path`` is a folder written by `save_to_disk`."""
     return (path / "dataset_dict.json").exists() or (path / "state.json").exists()
@@ -90,8 +95,8 @@ def load_audio_source(
     """Open an audio source as a dataset whose ``audio_column`` is ``Audio(decode=False)``.
 
     ``source`` is a folder of audio files (the audiofolder layout: ``split`` subfolders and a ``metadata.csv``
-    optional), a folder written by ``save_to_disk``,
-    a parquet file or glob, or a Hub dataset id (with ``config_name``), streamed when ``streaming`` is set.
+    optional), a folder written by ``save_to_disk``, a parquet file or glob, or a Hub dataset id (with
+    ``config_name``), streamed when ``streaming`` is set. ``split`` may join several: "a+b+c".
     """
     if "+" in split:  # "a+b+c": several splits; concatenated, or interleaved in proportion when streamed remotely
         local = Path(source).exists()
@@ -102,7 +107,7 @@ def load_audio_source(
         ]
         if not streaming or local:
             joined = datasets.concatenate_datasets(parts)
-            return joined.to_iterable_dataset(num_shards=max(1, min(len(joined), 64))) if streaming else joined
+            return _stream(joined) if streaming else joined
         sizes = [_split_size(part, name) for part, name in zip(parts, split.split("+"), strict=True)]
         if None in sizes:
             logger.warning("split sizes of %s unknown: its splits %s are interleaved in equal shares", source, split)
@@ -119,8 +124,8 @@ def load_audio_source(
                 dataset = dataset[split]
         else:
             dataset = _audiofolder(path, split, audio_column)
-        if streaming:  # shards, so that DataLoader workers can share the stream
-            dataset = dataset.to_iterable_dataset(num_shards=max(1, min(len(dataset), 64)))
+        if streaming:
+            dataset = _stream(dataset)
     elif path.suffix == ".parquet" or "*" in source:
         dataset = load_dataset("parquet", data_files=source, split="train", streaming=streaming)
     else:
