@@ -1,0 +1,1 @@
+"""SUPERB-style evaluation (keyword spotting, intent classification, ASR), clean and noisy, of frozen upstreams."""

@@ -1,0 +1,149 @@
+"""Frozen upstreams: anything `AutoModel` loads that returns hidden states, or a classic FBANK / MFCC front end.
+
+An upstream turns a list of 16 kHz waveforms into one ``(layers, frames, dim)`` tensor per waveform.
+"""
+
+import hashlib
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
+from transformers.audio_utils import mel_filter_bank
+
+from ..data import SAMPLE_RATE, default_feature_extractor
+from ..teacher import load_teacher_config
+
+logger = logging.getLogger(__name__)
+
+
+class UpstreamError(ValueError):
+    """An upstream that cannot be loaded or used; the message names it."""
+
+
+def _file_digest(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+class PretrainedUpstream:
+    """A Hub id or folder loaded with `AutoModel` (HuBERT, WavLM, wav2vec 2.0, data2vec-audio, our students)."""
+
+    def __init__(self, name: str, spec: str, device: torch.device, trust_remote_code: bool = False):
+        self.name, self.spec, self.device = name, spec, device
+        folder = Path(spec)
+        if folder.exists() and not (folder / "config.json").is_file():
+            raise UpstreamError(f"upstream {name}: {spec} has no config.json (not a saved model folder)")
+        try:
+            config = load_teacher_config(spec) if not folder.exists() else AutoConfig.from_pretrained(
+                spec, trust_remote_code=trust_remote_code)
+            self.model = AutoModel.from_pretrained(spec, config=config, trust_remote_code=trust_remote_code)
+        except Exception as error:  # corrupt weights, unknown model type, unreachable Hub: one clear line
+            raise UpstreamError(f"upstream {name}: cannot load {spec}: {str(error).splitlines()[0]}") from error
+        self.model.eval().to(device)
+        try:
+            self.extractor = AutoFeatureExtractor.from_pretrained(spec)
+        except (OSError, ValueError):
+            logger.info("upstream %s has no preprocessor_config.json: raw waveforms, no normalisation", name)
+            self.extractor = default_feature_extractor()
+        if getattr(self.extractor, "sampling_rate", SAMPLE_RATE) != SAMPLE_RATE:
+            raise UpstreamError(f"upstream {name} expects {self.extractor.sampling_rate} Hz audio, not 16 kHz")
+        self.accepts_padding = bool(getattr(self.extractor, "return_attention_mask", False))
+        self.num_layers = config.num_hidden_layers + 1
+        self.hidden_size = config.hidden_size
+        weights = [p for p in folder.glob("*") if p.suffix in (".safetensors", ".bin") or p.name == "config.json"] \
+            if folder.exists() else []
+        self.fingerprint = _file_digest(weights) if weights else f"{spec}@{getattr(config, '_commit_hash', None)}"
+
+    def frames(self, samples: int) -> int:
+        return int(self.model._get_feat_extract_output_lengths(samples))
+
+    @torch.inference_mode()
+    def __call__(self, waves: list[np.ndarray]) -> list[torch.Tensor]:
+        """(L, F_i, D) float32 on the CPU per waveform; a padded batch only when the model takes an attention mask
+        (otherwise callers pass waveforms of equal length)."""
+        inputs = self.extractor(waves, sampling_rate=SAMPLE_RATE, padding=True, return_tensors="pt",
+                                return_attention_mask=self.accepts_padding)
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        output = self.model(**inputs, output_hidden_states=True)
+        if output.hidden_states is None:
+            raise UpstreamError(f"upstream {self.name} returns no hidden states")
+        hidden = torch.stack(output.hidden_states, dim=1).float().cpu()  # (B, L, F, D)
+        return [hidden[i, :, : self.frames(len(w))] for i, w in enumerate(waves)]
+
+
+class FilterbankUpstream:
+    """Log-mel filterbank (``fbank``, 80 bins) or ``mfcc`` (13 cepstra with deltas and delta-deltas): 25 ms windows
+    every 10 ms, one "layer"; the classic baselines of SUPERB."""
+
+    def __init__(self, name: str, kind: str):
+        self.name, self.spec, self.kind = name, kind, kind
+        self.num_layers, self.hidden_size = 1, (80 if kind == "fbank" else 39)
+        mels = 80 if kind == "fbank" else 40
+        self.mel = torch.from_numpy(mel_filter_bank(257, mels, 20.0, SAMPLE_RATE / 2, SAMPLE_RATE, mel_scale="kaldi")
+                                    ).float()  # (257, M)
+        self.window = torch.hann_window(400)
+        self.accepts_padding = False
+        self.fingerprint = f"{kind}-v1"
+
+    @staticmethod
+    def frames(samples: int) -> int:
+        return 1 + samples // 160
+
+    @staticmethod
+    def _deltas(x: torch.Tensor) -> torch.Tensor:  # (F, C) -> (F, C), regression over +-2 frames
+        padded = torch.cat([x[:1], x[:1], x, x[-1:], x[-1:]])
+        return (padded[3:-1] - padded[1:-3] + 2 * (padded[4:] - padded[:-4])) / 10
+
+    def __call__(self, waves: list[np.ndarray]) -> list[torch.Tensor]:
+        features = []
+        for wave in waves:
+            spectrum = torch.stft(torch.from_numpy(wave), 512, 160, 400, self.window, return_complex=True)  # (257, F)
+            logmel = torch.log(spectrum.abs().pow(2).T @ self.mel + 1e-6)  # (F, M)
+            if self.kind == "mfcc":
+                m = logmel.shape[1]
+                dct = torch.cos(math.pi / m * (torch.arange(m)[:, None] + 0.5) * torch.arange(13)[None, :])  # (M, 13)
+                cepstra = logmel @ dct
+                delta = self._deltas(cepstra)
+                logmel = torch.cat([cepstra, delta, self._deltas(delta)], dim=1)  # (F, 39)
+            features.append(logmel[None])  # (1, F, D)
+        return features
+
+
+BUILTIN = ("fbank", "mfcc")
+
+
+def parse_upstream(spec: str) -> tuple[str, str]:
+    """"NAME=PATH_OR_ID" or "PATH_OR_ID" (named after its last path part) -> (name, spec)."""
+    name, _, target = spec.rpartition("=")
+    if not name:
+        target = spec
+        name = Path(spec.rstrip("/")).name or spec
+    return name, target
+
+
+def load_upstream(name: str, spec: str, device: torch.device, trust_remote_code: bool = False):
+    if spec in BUILTIN:
+        return FilterbankUpstream(name, spec)
+    return PretrainedUpstream(name, spec, device, trust_remote_code)
+
+
+def describe_upstream(upstream) -> dict:
+    return {"spec": upstream.spec, "fingerprint": upstream.fingerprint, "layers": upstream.num_layers,
+            "hidden_size": upstream.hidden_size}
+
+
+def upstream_training_noise(spec: str) -> list[str]:
+    """Noise sources a student of ours was distilled with (from its run_config.json), else none."""
+    record = Path(spec) / "run_config.json"
+    if not record.is_file():
+        return []
+    return list(json.loads(record.read_text()).get("data.noise_sources") or [])

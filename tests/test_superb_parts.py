@@ -1,0 +1,123 @@
+"""SUPERB evaluation parts on their own: WER, decoding, layer weights, noisy copies, heads, arguments."""
+
+import jiwer
+import numpy as np
+import pytest
+import torch
+
+from hf_corrdistill.superb.arguments import EvalArguments, parse
+from hf_corrdistill.superb.conditions import Condition, NoisyCopies, parse_conditions
+from hf_corrdistill.superb.downstream import Features, HeadSettings, greedy_decode, train_head, word_error_rate
+from hf_corrdistill.superb.heads import WeightedLayerSum
+from hf_corrdistill.superb.tasks import CTC_VOCAB, Item, TaskData
+from hf_corrdistill.views import NoiseBank, rms_power
+
+
+@pytest.mark.parametrize(
+    "references, predictions",
+    [
+        (["the cat sat on the mat", "hello world"], ["the cat sat on mat", "hello big world"]),
+        (["a b c d"], ["x y"]),
+        (["one two three", "four"], ["", "four five six"]),
+        (["same words here"], ["same words here"]),
+    ],
+)
+def test_wer_equals_jiwer(references, predictions):
+    assert word_error_rate(predictions, references) == pytest.approx(jiwer.wer(references, predictions), abs=0)
+
+
+def test_wer_by_hand():
+    # 1 deletion (on "the mat") + 1 insertion ("big") over 8 reference words
+    assert word_error_rate(["the cat sat on mat", "hello big world"],
+                           ["the cat sat on the mat", "hello world"]) == pytest.approx(2 / 8)
+
+
+def test_greedy_decode_merges_repeats_and_drops_blanks():
+    path = "HH<blank>II||<blank>TT<blank>T"
+    tokens = []
+    i = 0
+    while i < len(path):
+        if path.startswith("<blank>", i):
+            tokens.append(0)
+            i += len("<blank>")
+        else:
+            tokens.append(CTC_VOCAB.index(path[i]))
+            i += 1
+    log_probs = torch.full((len(tokens) + 3, len(CTC_VOCAB)), -10.0)
+    log_probs[torch.arange(len(tokens)), torch.tensor(tokens)] = 0.0
+    assert greedy_decode(log_probs, len(tokens)) == "HI TT"
+
+
+def test_weighted_sum_starts_uniform():
+    summed = WeightedLayerSum(5)
+    assert torch.equal(summed.normalised_weights(), torch.full((5,), 0.2))
+    hidden = torch.randn(2, 5, 7, 3)  # (B, L, F, D)
+    torch.testing.assert_close(summed(hidden), hidden.mean(1))
+
+
+def _noise(demo_data):
+    return NoiseBank([str(demo_data / "noise" / "test")])
+
+
+def test_noisy_copies_are_bit_identical_and_exact(demo_data):
+    clean = np.random.default_rng(0).standard_normal(24_000).astype(np.float32) * 0.1
+    first, second = NoisyCopies({"seen": _noise(demo_data)}, seed=3), NoisyCopies({"seen": _noise(demo_data)}, seed=3)
+    ten, zero = Condition("seen", 10.0), Condition("seen", 0.0)
+    a, b = first(clean, "utt-1", ten), second(clean, "utt-1", ten)
+    assert a.tobytes() == b.tobytes()  # same seed and key: the same noisy audio, whatever the upstream
+    assert first(clean, "utt-2", ten).tobytes() != a.tobytes()
+    assert NoisyCopies({"seen": _noise(demo_data)}, seed=4)(clean, "utt-1", ten).tobytes() != a.tobytes()
+    assert 10 * np.log10(rms_power(clean) / rms_power(a - clean)) == pytest.approx(10.0, abs=0.01)
+    # the same noise stretch at every SNR: only its level changes
+    noise_10, noise_0 = a - clean, first(clean, "utt-1", zero) - clean
+    assert abs(np.corrcoef(noise_10, noise_0)[0, 1]) > 0.999
+    assert first(clean, "utt-1", Condition()) is clean
+
+
+def test_conditions_parse():
+    names = [c.name for c in parse_conditions(["10", "clean", "0"], unseen=True)]
+    assert names == ["clean", "seen@10dB", "seen@0dB", "unseen@10dB", "unseen@0dB"]
+    with pytest.raises(ValueError, match="'loud'"):
+        parse_conditions(["clean", "loud"], unseen=False)
+
+
+class _InMemory:
+    def __init__(self, tensors):
+        self.tensors = tensors
+
+    def __getitem__(self, index):
+        return self.tensors[index]
+
+    def __len__(self):
+        return len(self.tensors)
+
+
+def test_utterance_head_fits_a_tiny_training_set():
+    """Sanity: 3 layers of noisy features around 12 class prototypes; the head reaches ~100 % on its training set."""
+    generator = torch.Generator().manual_seed(0)
+    prototypes = torch.randn(12, 16, generator=generator)
+    items, tensors = [], []
+    for index in range(60):
+        label = index % 12
+        frames = 20 + index % 7
+        tensors.append((prototypes[label] + 0.5 * torch.randn(3, frames, 16, generator=generator)).half())
+        items.append(Item(key=str(index), audio={}, labels=(label,)))
+    task = TaskData("ks", {"train": items, "dev": items, "test": items}, (tuple(str(i) for i in range(12)),))
+    data = Features(_InMemory(tensors), items)
+    result = train_head(task, data, data, {"clean": data}, HeadSettings(300, 100, 16, 1e-2), num_layers=3, dim=16)
+    assert result["test"]["clean"] >= 0.98
+    assert result["layer_weights"]["initial"] == pytest.approx([1 / 3] * 3)
+
+
+def test_arguments_fail_early():
+    with pytest.raises(ValueError, match="--noise"):
+        EvalArguments(upstream=["fbank"], snrs=["clean", "10"])
+    with pytest.raises(ValueError, match="unknown task"):
+        EvalArguments(upstream=["fbank"], snrs=["clean"], tasks=["ks", "sid"])
+    with pytest.raises(ValueError, match="TASK=N"):
+        EvalArguments(upstream=["fbank"], snrs=["clean"], steps=["ks=ten"])
+    args = parse(["--upstream", "a", "--upstream", "b=c", "--tasks", "ks", "--steps", "50", "asr=7", "--quick",
+                  "--snrs", "clean"])
+    assert args.upstream == ["a", "b=c"] and args.tasks == ["ks"] and args.head_settings["ks"].steps == 50
+    assert args.asr_size == 128 and parse(["--upstream", "a", "--snrs", "clean", "--asr_size", "64"]).asr_size == 64
+    assert parse(["--upstream", "a", "--quick", "--snrs", "clean"]).head_settings["asr"].steps == 300
