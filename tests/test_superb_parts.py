@@ -121,3 +121,49 @@ def test_arguments_fail_early():
     assert args.upstream == ["a", "b=c"] and args.tasks == ["ks"] and args.head_settings["ks"].steps == 50
     assert args.asr_size == 128 and parse(["--upstream", "a", "--snrs", "clean", "--asr_size", "64"]).asr_size == 64
     assert parse(["--upstream", "a", "--quick", "--snrs", "clean"]).head_settings["asr"].steps == 300
+
+
+def _tiny(config_class, **extra):
+    return config_class(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, **extra)
+
+
+@pytest.mark.parametrize("family", ["hubert", "wavlm", "wav2vec2", "data2vec-audio", "corrdistill"])
+def test_every_upstream_family_gives_per_utterance_hidden_states(family, tmp_path):
+    """Each family through AutoModel; a padded batch (where the model allows one) equals one utterance at a time."""
+    import transformers
+
+    from hf_corrdistill import CorrDistillConfig, CorrDistillModel
+    from hf_corrdistill.data import default_feature_extractor
+    from hf_corrdistill.superb.upstream import PretrainedUpstream
+
+    torch.manual_seed(0)
+    if family == "corrdistill":
+        model = CorrDistillModel(CorrDistillConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                   intermediate_size=64, conv_dim=(16,) * 7,
+                                                   num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+                                                   teacher_hidden_size=32, feat_extract_norm="layer"))
+    else:
+        names = {"hubert": "Hubert", "wavlm": "WavLM", "wav2vec2": "Wav2Vec2", "data2vec-audio": "Data2VecAudio"}
+        config = _tiny(getattr(transformers, f"{names[family]}Config"), feat_extract_norm="layer")
+        model = getattr(transformers, f"{names[family]}Model")(config)
+    model.save_pretrained(tmp_path)
+    default_feature_extractor().save_pretrained(tmp_path)
+    upstream = PretrainedUpstream(family, str(tmp_path), torch.device("cpu"))
+    assert upstream.accepts_padding == (family != "data2vec-audio")  # its positional convolutions see padding
+    assert upstream.num_layers == 3 and upstream.hidden_size == 32
+    waves = [np.random.default_rng(i).standard_normal(n).astype(np.float32) for i, n in enumerate((8000, 12345))]
+    batched = upstream(waves) if upstream.accepts_padding else [upstream([w])[0] for w in waves]
+    for wave, hidden in zip(waves, batched, strict=True):
+        alone = upstream([wave])[0]
+        assert hidden.shape == (3, upstream.frames(wave.size), 32) == alone.shape
+        torch.testing.assert_close(hidden, alone, atol=1e-4, rtol=1e-4)
+
+
+def test_group_norm_upstreams_are_never_fed_padding(demo_data):
+    from hf_corrdistill.superb.cache import _batches
+    from hf_corrdistill.superb.upstream import PretrainedUpstream
+
+    assert not PretrainedUpstream("t", str(demo_data / "teacher"), torch.device("cpu")).accepts_padding
+    assert _batches([16000, 8000, 16000, 8000, 9000], same_length_only=True, max_batch=8) == [[1, 3], [4], [0, 2]]
+    assert _batches([16000, 8000, 16000], same_length_only=False, max_batch=2) == [[1, 0], [2]]

@@ -145,8 +145,12 @@ def train_head(task: TaskData, train: Features, dev: Features, tests: dict[str, 
     model.generator = torch.Generator().manual_seed(seed)
     initial = model.featurizer.normalised_weights().tolist() if model.featurizer is not None else None
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-    sampler = _sampler(task, train.items, settings.steps * settings.batch_size, torch.Generator().manual_seed(seed))
-    loader = torch.utils.data.DataLoader(train, batch_size=settings.batch_size, sampler=sampler, collate_fn=collate)
+    batch_size = min(settings.batch_size, len(train))  # a batch never repeats an utterance of a tiny training set
+    if batch_size < settings.batch_size:
+        logger.warning("%s: %d training utterances, fewer than the batch size: batches of %d", task.name, len(train),
+                       batch_size)
+    sampler = _sampler(task, train.items, settings.steps * batch_size, torch.Generator().manual_seed(seed))
+    loader = torch.utils.data.DataLoader(train, batch_size=batch_size, sampler=sampler, collate_fn=collate)
     better = (lambda a, b: a > b) if HIGHER_IS_BETTER[task.name] else (lambda a, b: a < b)
     best, best_step, best_state, history = None, 0, None, []
     model.train()

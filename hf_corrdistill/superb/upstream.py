@@ -56,7 +56,12 @@ class PretrainedUpstream:
             self.extractor = default_feature_extractor()
         if getattr(self.extractor, "sampling_rate", SAMPLE_RATE) != SAMPLE_RATE:
             raise UpstreamError(f"upstream {name} expects {self.extractor.sampling_rate} Hz audio, not 16 kHz")
-        self.accepts_padding = bool(getattr(self.extractor, "return_attention_mask", False))
+        # GroupNorm over time in the CNN (HuBERT/wav2vec 2.0 Base) sees padding: such models get equal lengths only
+        self.accepts_padding = bool(getattr(self.extractor, "return_attention_mask", False)) and getattr(
+            config, "feat_extract_norm", "layer") != "group"
+        if self.accepts_padding and not self._padding_is_exact():
+            logger.info("upstream %s: padded batches change its features; utterances of equal length only", name)
+            self.accepts_padding = False
         self.num_layers = config.num_hidden_layers + 1
         self.hidden_size = config.hidden_size
         weights = [p for p in folder.glob("*") if p.suffix in (".safetensors", ".bin") or p.name == "config.json"] \
@@ -66,10 +71,23 @@ class PretrainedUpstream:
     def frames(self, samples: int) -> int:
         return int(self.model._get_feat_extract_output_lengths(samples))
 
+    def _padding_is_exact(self) -> bool:
+        """Whether a padded batch gives each utterance the features it gets alone (data2vec-audio's convolutional
+        positional embedding, for one, spreads padding into real frames)."""
+        rng = np.random.default_rng(0)
+        waves = [0.1 * rng.standard_normal(n).astype(np.float32) for n in (SAMPLE_RATE, SAMPLE_RATE * 3 // 4)]
+        batched = self(waves)
+        self.accepts_padding = False
+        alone = self(waves[1:])[0]
+        self.accepts_padding = True
+        return torch.allclose(batched[1], alone, atol=1e-3, rtol=1e-3)
+
     @torch.inference_mode()
     def __call__(self, waves: list[np.ndarray]) -> list[torch.Tensor]:
         """(L, F_i, D) float32 on the CPU per waveform; a padded batch only when the model takes an attention mask
         (otherwise callers pass waveforms of equal length)."""
+        if not self.accepts_padding and len({w.size for w in waves}) > 1:
+            raise ValueError(f"upstream {self.name} takes utterances of equal length only in one batch")
         inputs = self.extractor(waves, sampling_rate=SAMPLE_RATE, padding=True, return_tensors="pt",
                                 return_attention_mask=self.accepts_padding)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
