@@ -190,3 +190,25 @@ def test_the_script_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     result = json.loads((tmp_path / "results.json").read_text())["results"]["ks"]["fbank"]
     assert result["settings"]["steps"] == 5 and 0 <= result["test"]["clean"] <= 1
+
+
+def test_a_cache_that_cannot_fit_fails_before_any_feature(tmp_path, capsys, monkeypatch):
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(runner.shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    message = _exit_message(["--upstream", "teacher=demo_data/teacher", "--tasks", "ks", "--data", str(MINI),
+                             "--snrs", "clean", "--output_dir", str(tmp_path)], capsys)
+    assert "feature cache of upstream teacher needs about" in message and "--layer last" in message
+    assert not list((tmp_path / "cache").glob("*"))
+
+
+def test_one_chosen_layer(tmp_path):
+    results = runner.run(parse(["--upstream", "teacher=demo_data/teacher", "--tasks", "ks", "--data", str(MINI),
+                                "--snrs", "clean", "--layer", "last", "--steps", "5", "--output_dir", str(tmp_path)]))
+    assert results["upstreams"]["teacher"]["layer"] == 4 and "layer_weights" not in results["results"]["ks"]["teacher"]
+    cached = next((tmp_path / "cache").glob("*/shard-00000.safetensors"))
+    from safetensors import safe_open
+
+    with safe_open(str(cached), framework="pt") as shard:
+        assert shard.get_tensor("0").shape[0] == 1 and shard.get_tensor("0").dtype.is_floating_point

@@ -52,11 +52,14 @@ class FeatureCache:
         self.root = Path(root)
         self.computed = 0  # utterances whose features this object computed (0 when everything came from disk)
 
+    def is_complete(self, key: str) -> bool:
+        return (self.root / key / "complete.json").exists()
+
     def ensure(self, key: str, items: list[Item], audio: Callable[[Item], np.ndarray], upstream,
                layer: int | None, max_batch: int = 16, label: str = "") -> "CachedFeatures":
         """Features of ``items`` (``layer`` only, or every layer when None), computed where not on disk yet."""
         folder = self.root / key
-        if not (folder / "complete.json").exists():
+        if not self.is_complete(key):
             folder.mkdir(parents=True, exist_ok=True)
             starts = range(0, len(items), SHARD)
             missing = [s for s in starts if not (folder / f"shard-{s // SHARD:05d}.safetensors").exists()]

@@ -3,19 +3,22 @@
 import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+import soundfile as sf
 import torch
 
+from ..data import SAMPLE_RATE
 from ..views import NoiseBank
 from .arguments import EvalArguments
 from .cache import FeatureCache, cache_key
 from .conditions import Condition, NoisyCopies, content_hashes
 from .downstream import Features, train_head
 from .report import write
-from .tasks import TaskData, fluent_speech_commands, from_datasets, librispeech, read_audio, speech_commands
+from .tasks import Item, TaskData, fluent_speech_commands, from_datasets, librispeech, read_audio, speech_commands
 from .upstream import describe_upstream, load_upstream, parse_upstream, upstream_training_noise
 
 logger = logging.getLogger(__name__)
@@ -75,6 +78,26 @@ def check_noise_disjoint(banks: dict[str, NoiseBank], upstream_specs: list[tuple
                              f"({', '.join(present)}): choose test noise disjoint from training noise")
 
 
+def check_cache_room(cache: FeatureCache, upstream, layer: int | None, jobs: list[tuple[str, list[Item]]]) -> None:
+    """Refuse to start features that cannot fit on the cache's disk (float16, every layer unless one is chosen)."""
+    frames = 0
+    for key, items in jobs:
+        if cache.is_complete(key):
+            continue
+        for item in items:
+            samples = item.frames if item.frames >= 0 else (
+                sf.info(item.audio["path"]).frames if item.audio.get("path") else SAMPLE_RATE * 10)
+            frames += upstream.frames(samples)
+    needed = frames * (upstream.num_layers if layer is None else 1) * upstream.hidden_size * 2
+    cache.root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(cache.root).free
+    if needed > 0.95 * free:
+        raise ValueError(f"the feature cache of upstream {upstream.name} needs about {needed / 1e9:.1f} GB, "
+                         f"{free / 1e9:.1f} GB are free in {cache.root}: use --cache_dir on a larger disk, "
+                         "--layer last (one layer instead of all), or fewer --snrs")
+    logger.info("upstream %s: about %.2f GB of features to compute", upstream.name, needed / 1e9)
+
+
 def _device(args: EvalArguments) -> torch.device:
     return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -107,19 +130,23 @@ def run(args: EvalArguments) -> dict:
         layer = None if args.layer == "weighted" else (upstream.num_layers - 1 if args.layer == "last"
                                                       else int(args.layer) % upstream.num_layers)
         described[name]["layer"] = "weighted" if layer is None else layer
+        jobs = []
         for task, data in tasks.items():
             needed = [("train", Condition()), ("dev", Condition())] + [("test", c) for c in args.conditions]
             for split, condition in needed:
                 items = data.splits[split]
                 key = cache_key({"upstream": described[name], "task": task, "split": split,
                                  **noisy.fingerprint(condition)}, items)
+                jobs.append((task, split, condition, items, key))
+        check_cache_room(cache, upstream, layer, [(key, items) for *_, items, key in jobs])
+        for task, split, condition, items, key in jobs:
 
-                def audio(item, condition=condition):
-                    return noisy(read_audio(item), item.key, condition)
+            def audio(item, condition=condition):
+                return noisy(read_audio(item), item.key, condition)
 
-                features[name, task, split, condition.name] = cache.ensure(
-                    key, items, audio, upstream, layer, args.upstream_batch_size, f"{name}/{task}/{split}/"
-                    f"{condition.name}")
+            features[name, task, split, condition.name] = cache.ensure(
+                key, items, audio, upstream, layer, args.upstream_batch_size,
+                label=f"{name}/{task}/{split}/{condition.name}")
         del upstream
 
     results: dict[str, dict] = {}

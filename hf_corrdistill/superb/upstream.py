@@ -154,9 +154,14 @@ def load_upstream(name: str, spec: str, device: torch.device, trust_remote_code:
     return PretrainedUpstream(name, spec, device, trust_remote_code)
 
 
+FEATURES_VERSION = 1  # raise when the way features are computed changes: older caches are then not reused
+
+
 def describe_upstream(upstream) -> dict:
+    """What the features depend on besides the audio (part of every cache key)."""
     return {"spec": upstream.spec, "fingerprint": upstream.fingerprint, "layers": upstream.num_layers,
-            "hidden_size": upstream.hidden_size}
+            "hidden_size": upstream.hidden_size, "padded_batches": upstream.accepts_padding,
+            "features_version": FEATURES_VERSION}
 
 
 def upstream_training_noise(spec: str) -> list[str]:
