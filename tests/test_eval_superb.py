@@ -150,9 +150,10 @@ def test_corrupt_upstream_is_one_clear_error(tmp_path, capsys, demo_data):
     shutil.copytree(demo_data / "teacher", broken)
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    message = _exit_message(["--upstream", str(broken), "--tasks", "ks", "--data", str(MINI), "--snrs", "clean",
-                             "--output_dir", str(tmp_path / "out")], capsys)
+    message = _exit_message(["--upstream", "fbank", "--upstream", str(broken), "--tasks", "ks", "--data", str(MINI),
+                             "--snrs", "clean", "--output_dir", str(tmp_path / "out")], capsys)
     assert "upstream broken" in message and str(broken) in message
+    assert not list(tmp_path.glob("out/cache/*/complete.json"))  # found before the first upstream's features
     (broken / "config.json").unlink()
     assert "no config.json" in _exit_message(["--upstream", str(broken), "--tasks", "ks", "--data", str(MINI),
                                               "--snrs", "clean", "--output_dir", str(tmp_path / "o")], capsys)
@@ -212,3 +213,34 @@ def test_one_chosen_layer(tmp_path):
 
     with safe_open(str(cached), framework="pt") as shard:
         assert shard.get_tensor("0").shape[0] == 1 and shard.get_tensor("0").dtype.is_floating_point
+
+
+def test_tasks_from_datasets_sources(tmp_path):
+    """Each task read from a `save_to_disk` DatasetDict (audio + labels / text, train/validation/test splits)."""
+    import datasets
+
+    folders = parse(["--upstream", "fbank", "--data", str(MINI), "--snrs", "clean"])
+    official = {task: runner.load_task(folders, task) for task in ("ks", "ic", "asr")}
+    for task, data in official.items():
+        splits = {}
+        for split, name in (("train", "train"), ("dev", "validation"), ("test", "test")):
+            items = [i for i in data.splits[split] if i.frames < 0]  # the silence crops are cut by the KS loader
+            rows = {"audio": [{"path": i.audio["path"], "bytes": None} for i in items]}
+            if task == "ks":
+                rows["label"] = [data.label_names[0][i.labels[0]] for i in items]
+            elif task == "ic":
+                for k, column in enumerate(("action", "object", "location")):
+                    rows[column] = [data.label_names[k][i.labels[k]] for i in items]
+            else:
+                rows["text"] = [i.text.lower() for i in items]
+            splits[name] = datasets.Dataset.from_dict(rows).cast_column("audio", datasets.Audio(decode=False))
+        datasets.DatasetDict(splits).save_to_disk(tmp_path / task)
+    args = parse(["--upstream", "fbank", "--ks_data", str(tmp_path / "ks"), "--ic_data", str(tmp_path / "ic"),
+                  "--asr_data", str(tmp_path / "asr"), "--snrs", "clean"])
+    for task, data in official.items():
+        loaded = runner.load_task(args, task)
+        assert loaded.label_names == data.label_names
+        for split in ("train", "dev", "test"):
+            expected = [i for i in data.splits[split] if i.frames < 0]
+            assert [i.labels for i in loaded.splits[split]] == [i.labels for i in expected]
+            assert [i.text for i in loaded.splits[split]] == [i.text if task == "asr" else "" for i in expected]

@@ -19,7 +19,7 @@ from .conditions import Condition, NoisyCopies, content_hashes
 from .downstream import Features, train_head
 from .report import write
 from .tasks import Item, TaskData, fluent_speech_commands, from_datasets, librispeech, read_audio, speech_commands
-from .upstream import describe_upstream, load_upstream, parse_upstream, upstream_training_noise
+from .upstream import check_upstream, describe_upstream, load_upstream, parse_upstream, upstream_training_noise
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +113,8 @@ def run(args: EvalArguments) -> dict:
     names = [name for name, _ in specs]
     if len(set(names)) < len(names):
         raise ValueError(f"upstream names must differ: {names}; name them NAME=PATH")
+    for name, spec in specs:
+        check_upstream(name, spec, args.trust_remote_code)
     tasks = {task: load_task(args, task) for task in args.tasks}
     banks = {"seen": NoiseBank(args.noise, args.noise_cache_dir)} if args.noise else {}
     if args.unseen_noise:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 from transformers.audio_utils import mel_filter_bank
 
@@ -146,6 +147,29 @@ def parse_upstream(spec: str) -> tuple[str, str]:
         target = spec
         name = Path(spec.rstrip("/")).name or spec
     return name, target
+
+
+def check_upstream(name: str, spec: str, trust_remote_code: bool = False) -> None:
+    """Before any work: the config loads and every safetensors file's header is whole (a truncated download fails
+    here, not after the other upstreams' features)."""
+    if spec in BUILTIN:
+        return
+    folder = Path(spec)
+    if not folder.exists():
+        try:
+            load_teacher_config(spec)
+        except ValueError as error:
+            raise UpstreamError(f"upstream {name}: {error}") from error
+        return
+    if not (folder / "config.json").is_file():
+        raise UpstreamError(f"upstream {name}: {spec} has no config.json (not a saved model folder)")
+    try:
+        AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code)
+        for weights in folder.glob("*.safetensors"):
+            with safe_open(str(weights), framework="pt") as handle:
+                handle.keys()
+    except Exception as error:
+        raise UpstreamError(f"upstream {name}: cannot load {spec}: {str(error).splitlines()[0]}") from error
 
 
 def load_upstream(name: str, spec: str, device: torch.device, trust_remote_code: bool = False):
