@@ -17,6 +17,8 @@ from .training_args import DistillationConfig
 
 logger = logging.getLogger(__name__)
 
+SKIP_STATE = "DistillationSkipCounters"  # its entry in trainer_state.json
+
 
 @dataclass
 class DistillationOutput(ModelOutput):
@@ -127,6 +129,32 @@ class DistillationTrainer(Trainer):
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
 
+    def _flush_skipped(self, mode: str) -> None:
+        """Add the skip counts of the batches seen since the last flush, over all processes, to the totals."""
+        if self._skipped[mode]:
+            batch_counts = self.accelerator.reduce(torch.cat(self._skipped[mode]).sum(0), reduction="sum")
+            self._skipped_total[mode] += batch_counts.cpu()
+        self._skipped[mode].clear()
+
+    def _save_checkpoint(self, model: nn.Module, trial) -> None:
+        """Checkpoints carry the skip counters (in trainer_state.json), so that a resumed run goes on counting."""
+        self._flush_skipped("train")
+        count = torch.tensor(float(self._skipped_batches["train"]), device=self.args.device)
+        self.state.stateful_callbacks[SKIP_STATE] = {
+            "skipped": dict(zip(SKIP_REASONS, map(int, self._skipped_total["train"].tolist()), strict=True)),
+            "skipped_batches": int(self.accelerator.reduce(count, reduction="sum").item()),
+        }
+        super()._save_checkpoint(model, trial)
+
+    def _load_callback_state(self) -> None:
+        super()._load_callback_state()
+        saved = self.state.stateful_callbacks.get(SKIP_STATE)
+        if saved is None:
+            return
+        self._skipped_total["train"] = torch.tensor([float(saved["skipped"].get(r, 0)) for r in SKIP_REASONS])
+        # the batch count is summed over processes when logged: the first process carries the restored total
+        self._skipped_batches["train"] = saved["skipped_batches"] if self.accelerator.is_main_process else 0
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Adds the mean of every loss term since the last log, averaged over processes."""
         mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
@@ -146,13 +174,11 @@ class DistillationTrainer(Trainer):
             logs[f"{prefix}{name}_noisy_fraction"] = count / seen
         self._snrs[mode].clear()
         if self._skipped[mode]:  # over all processes; training: running totals of the run, evaluation: this one
-            batch_counts = self.accelerator.reduce(torch.cat(self._skipped[mode]).sum(0), reduction="sum")
             if mode == "eval":
                 self._skipped_total[mode].zero_()
-            self._skipped_total[mode] += batch_counts.cpu()
+            self._flush_skipped(mode)
             for reason, total in zip(SKIP_REASONS, self._skipped_total[mode].tolist(), strict=True):
                 logs[f"{prefix}skipped_{reason}"] = int(total)
-        self._skipped[mode].clear()
         if mode == "train":  # every process reduces at every log, so no process waits on another
             count = torch.tensor(float(self._skipped_batches["train"]), device=self.args.device)
             total = int(self.accelerator.reduce(count, reduction="sum").item())

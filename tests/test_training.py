@@ -283,6 +283,29 @@ def test_stream_with_bad_files_completes_and_counts_them(tmp_path, demo_data):
     assert 0 < logged["padded_fraction"] < 1
 
 
+@pytest.mark.slow
+def test_five_percent_bad_files_at_scale_counted_across_a_resume(tmp_path, demo_data):
+    """96 good files (one 8 kHz stereo), 5 broken: an epoch of 12 batches trains to the end; the counters equal the
+    injected counts, also when the run is stopped after its checkpoint at step 6 and resumed."""
+    expected = _write_bad_stream(tmp_path / "bad", good=60)
+    speech = sorted((tmp_path / "bad").glob("train-*.flac"))
+    for index in range(35):  # 60 + 35 + the stereo file = 96 usable, 5 broken: 4.9 %
+        shutil.copy(speech[index], tmp_path / "bad" / f"copy-{index:02d}.flac")
+    flags = [*FAST, "--train_data", str(tmp_path / "bad"), "--eval_data", "demo_data/speech", "--streaming", "true",
+             "--per_device_train_batch_size",
+             "8", "--logging_steps", "3", "--save_steps", "6"]
+    with pytest.warns(UserWarning):
+        main([DEMO_CONFIG, "--output_dir", str(tmp_path / "whole"), *flags, "--max_steps", "12"])
+        main([DEMO_CONFIG, "--output_dir", str(tmp_path / "resumed"), *flags, "--max_steps", "6"])
+        main([DEMO_CONFIG, "--output_dir", str(tmp_path / "resumed"), *flags, "--max_steps", "12",
+              "--resume_from_checkpoint", "last"])
+    for run in ("whole", "resumed"):
+        logged = [h for h in _log(tmp_path / run) if "loss" in h]
+        assert logged[-1]["step"] == 12 and logged[-1]["epoch"] == pytest.approx(1.0)
+        assert {reason: logged[-1][f"skipped_{reason}"] for reason in expected} == expected, run
+        assert all(math.isfinite(h["loss"]) for h in logged)
+
+
 def test_student_that_cannot_copy_the_teacher_fails_with_one_line(tmp_path, demo_data):
     overrides = {"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128, "conv_dim": [64] * 7,
                  "num_conv_pos_embeddings": 32, "num_conv_pos_embedding_groups": 4}  # a narrower FFN than the teacher
