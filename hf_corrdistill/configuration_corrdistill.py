@@ -31,6 +31,33 @@ class CorrDistillConfig(PreTrainedConfig):
         pred_layer_ids (`tuple[int, ...]`):
             Teacher layers the prediction heads regress, indexed like `hidden_states` (1 = first layer output).
         teacher_hidden_size (`int`): Width of the teacher's hidden states (the heads' output width).
+
+    Fine-tuning fields, named as in `HubertConfig` so that the stock `run_audio_classification.py` and
+    `run_speech_recognition_ctc.py` scripts set them through `config.update`:
+
+        apply_spec_augment (`bool`):
+            Whether SpecAugment masks the projected CNN features in training when `mask_time_prob` or
+            `mask_feature_prob` is positive.
+        mask_time_prob (`float`):
+            About `mask_time_prob * frames / mask_time_length` spans of `mask_time_length` frames per utterance are
+            replaced by the learned `masked_spec_embed` in training (spans may overlap); the vector exists only in
+            models built with `mask_time_prob > 0`. 0 by default, unlike HuBERT's 0.05, so that distillation sees
+            unmasked features and distilled students carry no such vector.
+        mask_time_length, mask_time_min_masks (`int`): Span length and minimum number of time spans.
+        mask_feature_prob, mask_feature_length, mask_feature_min_masks:
+            The same along the hidden channels, which are zeroed for the whole utterance (0 by default, as HuBERT).
+        use_weighted_layer_sum (`bool`):
+            [`CorrDistillForSequenceClassification`] pools a softmax-weighted sum of all `hidden_states` instead of
+            the last layer.
+        classifier_proj_size (`int`): Width of the classifier's projection before mean pooling.
+        final_dropout (`float`): Dropout before the CTC head.
+        vocab_size (`int`): Size of the CTC vocabulary (the CTC head's output width).
+        pad_token_id (`int`): Vocabulary id of the padding token, the CTC blank.
+        ctc_loss_reduction (`str`): `"sum"` or `"mean"` (per target length, then over the batch), as `ctc_loss`.
+        ctc_zero_infinity (`bool`): Zero infinite CTC losses (inputs too short for their targets) and their gradients.
+        tokenizer_class (`str`):
+            Tokenizer a CTC fine-tuning script builds from a fresh `vocab.json` (the stock script reads it from the
+            config because `corrdistill` is not a model type `AutoTokenizer` knows).
     """
 
     model_type = "corrdistill"
@@ -58,6 +85,22 @@ class CorrDistillConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     pred_layer_ids: list[int] | tuple[int, ...] = (4, 8, 12)
     teacher_hidden_size: int = 768
+    # fine-tuning (HubertConfig's names)
+    apply_spec_augment: bool = True
+    mask_time_prob: float = 0.0
+    mask_time_length: int = 10
+    mask_time_min_masks: int = 2
+    mask_feature_prob: float = 0.0
+    mask_feature_length: int = 10
+    mask_feature_min_masks: int = 0
+    use_weighted_layer_sum: bool = False
+    classifier_proj_size: int = 256
+    final_dropout: float = 0.1
+    vocab_size: int = 32
+    pad_token_id: int = 0
+    ctc_loss_reduction: str = "sum"
+    ctc_zero_infinity: bool = False
+    tokenizer_class: str | None = "Wav2Vec2CTCTokenizer"
 
     def __post_init__(self, **kwargs):
         self.conv_dim = tuple(self.conv_dim)
@@ -88,6 +131,16 @@ class CorrDistillConfig(PreTrainedConfig):
             )
         if not self.pred_layer_ids or min(self.pred_layer_ids) < 0:
             raise ValueError(f"pred_layer_ids must be non-empty teacher layer indices >= 0, got {self.pred_layer_ids}")
+        for name in ("mask_time_prob", "mask_feature_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.mask_time_length < 1 or self.mask_feature_length < 1:
+            raise ValueError(
+                f"mask_time_length and mask_feature_length must be >= 1, got {self.mask_time_length} and "
+                f"{self.mask_feature_length}"
+            )
+        if self.ctc_loss_reduction not in ("sum", "mean"):
+            raise ValueError(f"ctc_loss_reduction must be 'sum' or 'mean', got {self.ctc_loss_reduction!r}")
 
     @property
     def inputs_to_logits_ratio(self) -> int:
