@@ -459,7 +459,19 @@ class CorrDistillForPreTraining(CorrDistillPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-class CorrDistillForSequenceClassification(CorrDistillPreTrainedModel):
+class CorrDistillTaskModel(CorrDistillPreTrainedModel):
+    """A task head on the backbone `self.corrdistill`, with HuBERT's freezing methods."""
+
+    def freeze_feature_encoder(self) -> None:
+        """Stop gradients into the CNN feature encoder."""
+        self.corrdistill.freeze_feature_encoder()
+
+    def freeze_base_model(self) -> None:
+        """Stop gradients into the whole backbone: only the task head (and layer weights, if any) trains."""
+        self.corrdistill.requires_grad_(False)
+
+
+class CorrDistillForSequenceClassification(CorrDistillTaskModel):
     """
     Utterance classification (keyword spotting, speaker or emotion id), as `HubertForSequenceClassification`: the
     last layer, or a learned softmax-weighted sum of all `hidden_states` (`config.use_weighted_layer_sum`), projected
@@ -478,14 +490,6 @@ class CorrDistillForSequenceClassification(CorrDistillPreTrainedModel):
         self.projector = nn.Linear(config.hidden_size, config.classifier_proj_size)
         self.classifier = nn.Linear(config.classifier_proj_size, config.num_labels)
         self.post_init()
-
-    def freeze_feature_encoder(self) -> None:
-        """Stop gradients into the CNN feature encoder."""
-        self.corrdistill.freeze_feature_encoder()
-
-    def freeze_base_model(self) -> None:
-        """Stop gradients into the whole backbone: only the layer weights, projector and classifier train."""
-        self.corrdistill.requires_grad_(False)
 
     def forward(
         self,
@@ -537,7 +541,7 @@ class CorrDistillForSequenceClassification(CorrDistillPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-class CorrDistillForCTC(CorrDistillPreTrainedModel):
+class CorrDistillForCTC(CorrDistillTaskModel):
     """
     Connectionist temporal classification over `config.vocab_size` tokens (characters or phones), as `HubertForCTC`:
     dropout `config.final_dropout` and a linear `lm_head` on the last layer. The CTC blank is `config.pad_token_id`.
@@ -556,14 +560,6 @@ class CorrDistillForCTC(CorrDistillPreTrainedModel):
         self.dropout = nn.Dropout(config.final_dropout)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
         self.post_init()
-
-    def freeze_feature_encoder(self) -> None:
-        """Stop gradients into the CNN feature encoder."""
-        self.corrdistill.freeze_feature_encoder()
-
-    def freeze_base_model(self) -> None:
-        """Stop gradients into the whole backbone: only `lm_head` trains."""
-        self.corrdistill.requires_grad_(False)
 
     def forward(
         self,
