@@ -27,7 +27,7 @@ import numpy as np
 import soundfile as sf
 
 from .data import SAMPLE_RATE
-from .demo import VARIANTS, VOICES, babble, coloured_noise, synthesize, tonal_music
+from .demo import VARIANTS, VOICES, WORDS, babble, coloured_noise, synthesize, tonal_music
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,13 @@ SEEN_NOISE = ("noise", "music", "babble")
 UNSEEN_NOISE = ("hum", "clatter")
 NOISE_RMS = 0.1  # the level of every noise file (as the demo's noise bank)
 
-OWNED = (KS_ROOT, KS_TEST_ROOT, IC_ROOT, ASR_ROOT, NOISE_ROOT, "manifest.json")
+# Unlabelled corpus (for pre-training and distillation): grammar sentences and word strings over every task's words,
+# spoken by speakers of its own.
+CORPUS_ROOT = "corpus"
+CORPUS_SPLITS = ("train", "validation")
+CORPUS_VALIDATION_SHARE = 0.02
+CORPUS_UTTERANCE_SECONDS = 2.5  # the rough mean utterance length, to turn hours into utterance counts
+OWNED = (KS_ROOT, KS_TEST_ROOT, IC_ROOT, ASR_ROOT, NOISE_ROOT, CORPUS_ROOT, "manifest.json")
 GENERATOR = "hf_corrdistill.superb_mini"
 
 
@@ -189,6 +195,8 @@ def speaker_of(manifest: dict, path: str | Path) -> Speaker:
         task, speaker_id = "intent_classification", parts[-2]
     elif ASR_ROOT in parts:
         task, speaker_id = "asr", name.split("-")[0]
+    elif CORPUS_ROOT in parts:
+        task, speaker_id = "corpus", name.split("-")[0]
     else:
         raise KeyError(f"{path} is not a speech file of a generated task")
     for split in manifest[task]["splits"].values():
@@ -299,7 +307,8 @@ def _size(help_text: str, default, metavar: tuple[str, ...] = ("TRAIN", "DEV", "
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
-    """How much to generate; the defaults are the shipped tiny set. Triples are (train, dev, test)."""
+    """How much to generate. Triples are (train, dev, test). The shipped tiny set is the defaults with
+    ``corpus_hours=0`` (the demo distils on its own demo_data/speech)."""
 
     scale: float = _size("multiplies every speaker, utterance and clip count (not seconds or words per speaker)", 1.0)
     ks_speakers: tuple[int, int, int] = _size("keyword spotting speakers", (1, 1, 1))
@@ -315,6 +324,9 @@ class Sizes:
     noise_clips: tuple[int, int, int] = _size("noise clips per category in noise/train, noise/test, noise/unseen",
                                               (1, 1, 1), ("TRAIN", "TEST", "UNSEEN"))
     noise_seconds: float = _size("length of each noise-bank clip", 2.0)
+    corpus_hours: float = _size("hours of unlabelled speech under corpus/{train,validation} (not scaled)", 2.0)
+    corpus_speaker_minutes: float = _size("minutes of corpus speech per speaker (sets the corpus's speaker count)",
+                                          1.0)
 
     def scaled(self) -> "Sizes":
         """The counts multiplied by ``scale`` (at least 1 each), ``scale`` reset to 1."""
@@ -340,6 +352,8 @@ def _check(sizes: Sizes) -> Sizes:
         logger.warning("`_background_noise_` files under 5 s are too short for 80/20 train/dev silence crops")
     if sizes.ks_unknown > len(UNKNOWN_WORDS) or sizes.ks_unknown < 1:
         raise ValueError(f"ks_unknown must be within 1..{len(UNKNOWN_WORDS)}")
+    if sizes.corpus_hours < 0 or sizes.corpus_speaker_minutes <= 0:
+        raise ValueError("corpus_hours must be >= 0 and corpus_speaker_minutes > 0")
     if sizes.ks_background_seconds < 1 or sizes.noise_seconds <= 0:
         raise ValueError("background and noise clips need at least 1 s")
     return sizes
@@ -519,6 +533,48 @@ def _noise_bank(out: Path, sizes: Sizes, seed: int) -> dict:
     return bank
 
 
+# ---------------------------------------------------------------------------------------------------- corpus
+def corpus_vocabulary() -> tuple[str, ...]:
+    """Every word of every task (and the demo's), so that pre-training hears the phones the tasks need."""
+    words = {*COMMANDS, *UNKNOWN_WORDS, *DETERMINERS, *ADJECTIVES, *NOUNS, *VERBS, *ADVERBS, *PREPOSITIONS, *WORDS}
+    words |= {w.lower() for phrases in INTENTS.values() for phrase in phrases for w in phrase.split()}
+    return tuple(sorted(words))
+
+
+def corpus_text(rng: random.Random, vocabulary: tuple[str, ...]) -> str:
+    """A grammar sentence or a string of 4-9 words from the whole vocabulary, one half each."""
+    if rng.random() < 0.5:
+        return make_sentence(rng)
+    return " ".join(rng.choice(vocabulary) for _ in range(rng.randint(4, 9)))
+
+
+def _corpus_counts(sizes: Sizes) -> dict[str, tuple[int, int]]:
+    """(speakers, utterances) per corpus split; empty when ``corpus_hours`` is 0."""
+    if sizes.corpus_hours == 0:
+        return {}
+    utterances = max(2, round(sizes.corpus_hours * 3600 / CORPUS_UTTERANCE_SECONDS))
+    validation = max(1, round(utterances * CORPUS_VALIDATION_SHARE))
+    per_speaker = max(1, round(sizes.corpus_speaker_minutes * 60 / CORPUS_UTTERANCE_SECONDS))
+    return {split: (max(1, round(n / per_speaker)), n)
+            for split, n in zip(CORPUS_SPLITS, (utterances - validation, validation), strict=True)}
+
+
+def _corpus(out: Path, speakers: dict[str, list[Speaker]], counts: dict[str, tuple[int, int]], seed: int) -> dict:
+    """``corpus/{train,validation}/<speaker>-<n>.flac``: unlabelled speech, speakers found in no task."""
+    rng, vocabulary = _rng(seed, "corpus"), corpus_vocabulary()
+    splits = {}
+    for split, (_, count) in counts.items():
+        samples = 0
+        for index in range(count):
+            speaker = speakers[split][index % len(speakers[split])]
+            audio = utterance_audio(speaker, corpus_text(rng, vocabulary))
+            _write(out / CORPUS_ROOT / split / f"{speaker.ks_id}-{index // len(speakers[split]):04d}.flac", audio)
+            samples += audio.size
+        splits[split] = {"files": count, "hours": samples / SAMPLE_RATE / 3600,
+                         "speakers": {s.ks_id: s.as_dict() for s in speakers[split]}}
+    return {"splits": splits}
+
+
 # ------------------------------------------------------------------------------------------------------ main
 def _espeak_version() -> str:
     output = subprocess.run(["espeak-ng", "--version"], check=True, capture_output=True, text=True).stdout
@@ -550,10 +606,13 @@ def generate(output: Path, seed: int = 0, **sizes) -> dict:
     _prepare(output)
     output.mkdir(parents=True, exist_ok=True)
     # one pool of distinct speakers, cut into disjoint (task, split) groups in a fixed order
+    # (make_speakers is prefix-stable: the corpus's speakers come last, so it never changes the task sets)
     counts = {task: getattr(effective, f"{task}_speakers") for task in ("ks", "ic", "asr")}
-    pool = iter(make_speakers(sum(sum(c) for c in counts.values()), seed))
+    corpus_counts = _corpus_counts(effective)
+    pool = iter(make_speakers(sum(sum(c) for c in counts.values()) + sum(s for s, _ in corpus_counts.values()), seed))
     groups = {task: {split: [next(pool) for _ in range(n)] for split, n in zip(SPLITS, c, strict=True)}
               for task, c in counts.items()}
+    corpus_speakers = {split: [next(pool) for _ in range(n)] for split, (n, _) in corpus_counts.items()}
     manifest = {
         "generator": GENERATOR,
         "seed": seed,
@@ -565,6 +624,7 @@ def generate(output: Path, seed: int = 0, **sizes) -> dict:
         "intent_classification": _intent_classification(output, groups["ic"], effective, seed),
         "asr": _asr(output, groups["asr"], effective, seed),
         "noise": _noise_bank(output, effective, seed),
+        "corpus": _corpus(output, corpus_speakers, corpus_counts, seed),
     }
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     (output / "manifest.json").write_text(text, newline="\n")
@@ -574,11 +634,12 @@ def generate(output: Path, seed: int = 0, **sizes) -> dict:
 
 
 def _log_summary(output: Path, manifest: dict) -> None:
-    for task in ("keyword_spotting", "intent_classification", "asr"):
+    for task in ("keyword_spotting", "intent_classification", "asr", "corpus"):
         splits = manifest[task]["splits"]
         logger.info("%s: %s", task, ", ".join(f"{name} {splits[name]['files']} files / "
                                              f"{len(splits[name]['speakers'])} speakers"
-                                             for name in (*SPLITS, "test_set") if name in splits))
+                                             for name in dict.fromkeys((*SPLITS, *CORPUS_SPLITS, "test_set"))
+                                             if name in splits))
     noise = manifest["noise"]
     logger.info("noise: %s", ", ".join(f"{split} {sum(len(f) for f in cats.values())} files ({', '.join(cats)})"
                                        for split, cats in noise.items()))

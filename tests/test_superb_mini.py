@@ -21,7 +21,8 @@ needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
 
 # Small, but with several speakers per split so that disjointness means something.
 SIZES = dict(ks_speakers=(2, 1, 1), ks_silence=3, ic_speakers=(3, 2, 2), asr_speakers=(2, 2, 1),
-             asr_utterances=(3, 2, 2), noise_clips=(2, 1, 1), noise_seconds=1.0)
+             asr_utterances=(3, 2, 2), noise_clips=(2, 1, 1), noise_seconds=1.0, corpus_hours=0.01,
+             corpus_speaker_minutes=0.15)
 AUDIO = (".wav", ".flac")
 
 
@@ -136,10 +137,15 @@ def test_speakers_disjoint_across_splits_and_tasks(mini):
     assert {s: set(manifest["keyword_spotting"]["splits"][s]["speakers"]) for s in sm.SPLITS} == ids
     assert {s: set(manifest["intent_classification"]["splits"][s]["speakers"]) for s in sm.SPLITS} == ic
     assert {s: set(manifest["asr"]["splits"][s]["speakers"]) for s in sm.SPLITS} == asr
+    corpus = {split: {p.name.split("-")[0] for p in (root / sm.CORPUS_ROOT / split).glob("*.flac")}
+              for split in sm.CORPUS_SPLITS}
+    assert len(corpus["train"]) >= 3 and corpus["validation"] and not corpus["train"] & corpus["validation"]
+    assert {s: set(manifest["corpus"]["splits"][s]["speakers"]) for s in sm.CORPUS_SPLITS} == corpus
     settings = [sm.Speaker(**{k: v[k] for k in ("voice", "variant", "pitch", "speed")})
-                for task in ("keyword_spotting", "intent_classification", "asr")
-                for split in sm.SPLITS for v in manifest[task]["splits"][split]["speakers"].values()]
-    assert len(settings) == len(set(settings))
+                for task, splits in (("keyword_spotting", sm.SPLITS), ("intent_classification", sm.SPLITS),
+                                     ("asr", sm.SPLITS), ("corpus", sm.CORPUS_SPLITS))
+                for split in splits for v in manifest[task]["splits"][split]["speakers"].values()]
+    assert len(settings) == len(set(settings)), "a speaker setting in two groups (task, split or corpus)"
     assert all(20 <= s.pitch <= 80 and 130 <= s.speed <= 200 for s in settings)
 
 
@@ -187,6 +193,24 @@ def test_keyword_clips_hold_the_word_of_their_folder(mini):
     clip = clip[np.flatnonzero(clip)[0] :]
     assert any(np.array_equal(clip[: (s := sm.to_pcm16(sm.keyword_segment(speaker, w))).size], s)
                for w in sm.UNKNOWN_WORDS)
+
+
+@needs_espeak
+def test_corpus_is_speech_of_its_speakers_over_the_tasks_vocabulary(mini):
+    root, manifest = mini
+    files = sorted((root / sm.CORPUS_ROOT).rglob("*.flac"))
+    assert len(files) == sum(split["files"] for split in manifest["corpus"]["splits"].values())
+    hours = sum(sf.info(p).frames for p in files) / sm.SAMPLE_RATE / 3600
+    assert 0.5 * SIZES["corpus_hours"] < hours < 2 * SIZES["corpus_hours"]
+    assert all(sf.info(p).samplerate == sm.SAMPLE_RATE and sf.info(p).channels == 1 for p in files)
+    assert {sm.speaker_of(manifest, p) for p in files}  # every file's speaker is in the manifest
+    vocabulary = sm.corpus_vocabulary()
+    assert set(sm.COMMANDS) <= set(vocabulary) and "kitchen" in vocabulary and "farmer" in vocabulary
+    # the generator's first text, spoken by its file's speaker, is one of the speakers' first utterances
+    text = sm.corpus_text(sm._rng(0, "corpus"), vocabulary)
+    first = sorted((root / sm.CORPUS_ROOT / "train").glob("*-0000.flac"))
+    assert sum(np.array_equal(samples(p), sm.to_pcm16(sm.utterance_audio(sm.speaker_of(manifest, p), text)))
+               for p in first) == 1
 
 
 @needs_espeak
