@@ -1,9 +1,10 @@
-"""Builds the offline demo: a small espeak-ng speech corpus, a noise bank and a small HuBERT teacher.
+"""Builds the offline demo data: a small espeak-ng speech corpus, a noise bank and a tiny random HuBERT teacher.
 
     python -m hf_corrdistill.demo --output demo_data
 
-The teacher is a randomly initialised, HuBERT-shaped model: the demo shows the distillation mechanics end to end,
-not a useful student. Everything is deterministic given ``--seed`` and the installed espeak-ng.
+The tiny teacher (``tiny_teacher/``) is randomly initialised: with configs/tiny.yaml it shows the distillation
+mechanics in seconds, not a useful student. The demo's trained teacher (``teacher/``) comes from
+`hf_corrdistill.pretrain_teacher` (see the README). Everything is deterministic given ``--seed`` and espeak-ng.
 """
 
 import argparse
@@ -127,7 +128,7 @@ def make_noise_bank(output: Path, seconds: float, seed: int) -> None:
 
 
 def demo_teacher_config() -> HubertConfig:
-    """A HuBERT-Base-shaped teacher, narrowed (64 wide, 4 layers) so that the demo runs in minutes on a CPU."""
+    """A HuBERT-Base-shaped teacher, narrowed (64 wide, 4 layers): the tests' teacher, seconds per run on a CPU."""
     return HubertConfig(
         hidden_size=64,
         num_hidden_layers=4,
@@ -146,7 +147,7 @@ def make_teacher(output: Path, seed: int) -> None:
     teacher = HubertModel(demo_teacher_config()).eval()
     teacher.save_pretrained(output)
     default_feature_extractor().save_pretrained(output)
-    logger.info("wrote a randomly initialised demo teacher to %s", output)
+    logger.info("wrote a randomly initialised tiny teacher to %s", output)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     make_speech_corpus(args.output / "speech", args.num_train, args.num_validation, args.seed)
     make_noise_bank(args.output / "noise", args.noise_seconds, args.seed)
-    make_teacher(args.output / "teacher", args.seed)
+    make_teacher(args.output / "tiny_teacher", args.seed)
 
 
 if __name__ == "__main__":

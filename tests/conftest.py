@@ -23,6 +23,17 @@ def tiny_student_config(**overrides) -> CorrDistillConfig:
     return CorrDistillConfig(**values)
 
 
+def save_tiny_student(folder: Path) -> Path:
+    """A distilled student as `train.py` leaves it (the pre-training model and the feature extractor), seed 0."""
+    from hf_corrdistill import CorrDistillForPreTraining
+    from hf_corrdistill.data import default_feature_extractor
+
+    torch.manual_seed(0)
+    CorrDistillForPreTraining(tiny_student_config()).save_pretrained(folder)
+    default_feature_extractor().save_pretrained(folder)
+    return folder
+
+
 def tiny_teacher(seed: int = 0, **overrides) -> HubertModel:
     values = dict(
         hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, conv_dim=(16,) * 7,
@@ -57,8 +68,8 @@ def remote_hidden_states(folder: Path, audio: torch.Tensor, scratch: Path) -> to
 
 @pytest.fixture(scope="session")
 def demo_data() -> Path:
-    """The shipped demo corpus and teacher (rebuilt by `python -m hf_corrdistill.demo` if missing)."""
-    if not (DEMO / "teacher" / "config.json").exists():
+    """The shipped demo corpus, noise and tiny teacher (rebuilt by `python -m hf_corrdistill.demo` if missing)."""
+    if not (DEMO / "tiny_teacher" / "config.json").exists():
         if shutil.which("espeak-ng") is None:
             pytest.fail("demo_data/ is missing and espeak-ng is not installed to rebuild it")
         subprocess.run([sys.executable, "-m", "hf_corrdistill.demo", "--output", str(DEMO)], check=True)

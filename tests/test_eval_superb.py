@@ -19,7 +19,7 @@ MINI = ROOT / "demo_data" / "superb_mini"
 pytestmark = pytest.mark.slow
 
 
-def _argv(output: Path, *extra: str, upstreams=("teacher=demo_data/teacher", "fbank")) -> list[str]:
+def _argv(output: Path, *extra: str, upstreams=("teacher=demo_data/tiny_teacher", "fbank")) -> list[str]:
     argv = [f"--upstream={u}" for u in upstreams]
     return argv + ["--tasks", "ks", "ic", "asr", "--data", str(MINI), "--noise", str(MINI / "noise" / "test"),
                    "--unseen_noise", str(MINI / "noise" / "unseen"), "--snrs", "clean", "10", "0", "--quick",
@@ -147,7 +147,7 @@ def _exit_message(argv: list[str], capsys) -> str:
 
 def test_corrupt_upstream_is_one_clear_error(tmp_path, capsys, demo_data):
     broken = tmp_path / "broken"
-    shutil.copytree(demo_data / "teacher", broken)
+    shutil.copytree(demo_data / "tiny_teacher", broken)
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     message = _exit_message(["--upstream", "fbank", "--upstream", str(broken), "--tasks", "ks", "--data", str(MINI),
@@ -173,7 +173,7 @@ def test_missing_split_is_one_clear_error(tmp_path, capsys):
 
 def test_test_noise_heard_in_distillation_is_refused(tmp_path, capsys, demo_data):
     student = tmp_path / "student"
-    shutil.copytree(demo_data / "teacher", student)
+    shutil.copytree(demo_data / "tiny_teacher", student)
     noise = tmp_path / "noise"
     shutil.copytree(MINI / "noise" / "test", noise)
     (student / "run_config.json").write_text(json.dumps({"data.noise_sources": [str(noise)]}))
@@ -198,14 +198,14 @@ def test_a_cache_that_cannot_fit_fails_before_any_feature(tmp_path, capsys, monk
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(runner.shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
-    message = _exit_message(["--upstream", "teacher=demo_data/teacher", "--tasks", "ks", "--data", str(MINI),
+    message = _exit_message(["--upstream", "teacher=demo_data/tiny_teacher", "--tasks", "ks", "--data", str(MINI),
                              "--snrs", "clean", "--output_dir", str(tmp_path)], capsys)
     assert "feature cache of upstream teacher needs about" in message and "--layer last" in message
     assert not list((tmp_path / "cache").glob("*"))
 
 
 def test_one_chosen_layer(tmp_path):
-    results = runner.run(parse(["--upstream", "teacher=demo_data/teacher", "--tasks", "ks", "--data", str(MINI),
+    results = runner.run(parse(["--upstream", "teacher=demo_data/tiny_teacher", "--tasks", "ks", "--data", str(MINI),
                                 "--snrs", "clean", "--layer", "last", "--steps", "5", "--output_dir", str(tmp_path)]))
     assert results["upstreams"]["teacher"]["layer"] == 4 and "layer_weights" not in results["results"]["ks"]["teacher"]
     cached = next((tmp_path / "cache").glob("*/shard-00000.safetensors"))

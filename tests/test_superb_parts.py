@@ -164,6 +164,6 @@ def test_group_norm_upstreams_are_never_fed_padding(demo_data):
     from hf_corrdistill.superb.cache import _batches
     from hf_corrdistill.superb.upstream import PretrainedUpstream
 
-    assert not PretrainedUpstream("t", str(demo_data / "teacher"), torch.device("cpu")).accepts_padding
+    assert not PretrainedUpstream("t", str(demo_data / "tiny_teacher"), torch.device("cpu")).accepts_padding
     assert _batches([16000, 8000, 16000, 8000, 9000], same_length_only=True, max_batch=8) == [[1, 3], [4], [0, 2]]
     assert _batches([16000, 8000, 16000], same_length_only=False, max_batch=2) == [[1, 0], [2]]
