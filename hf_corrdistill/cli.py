@@ -23,6 +23,7 @@ from .data import (
     default_feature_extractor,
     load_audio_source,
 )
+from .hub import check_can_push, check_repo_id, push_student
 from .modeling_corrdistill import CorrDistillForPreTraining
 from .teacher import check_compatible, init_student_from_teacher, load_teacher, load_teacher_config
 from .trainer import DistillationTrainer
@@ -121,6 +122,7 @@ def build_views(data: DataArguments, weighting: str = "fixed") -> ViewMaker | No
 
 RUN_CONFIG = "run_config.json"
 _SCHEDULE_FIELDS = {"max_steps", "num_train_epochs"}  # may change when a run is resumed to go on longer
+_PUBLISHING_FIELDS = {"export_format"}  # how the student is published, not what is trained
 
 
 def run_identity(args: DistillationConfig, data: DataArguments) -> dict:
@@ -131,7 +133,7 @@ def run_identity(args: DistillationConfig, data: DataArguments) -> dict:
     chosen = ours | {"seed", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
                      "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "warmup_steps",
                      "lr_scheduler_type", "bf16", "fp16"}
-    identity = {name: getattr(args, name) for name in sorted(chosen - _SCHEDULE_FIELDS)}
+    identity = {name: getattr(args, name) for name in sorted(chosen - _SCHEDULE_FIELDS - _PUBLISHING_FIELDS)}
     identity.update({f"data.{k}": v for k, v in dataclasses.asdict(data).items() if not k.startswith("eval")})
     return json.loads(json.dumps(identity, default=str))
 
@@ -145,6 +147,13 @@ def complete_checkpoint(folder: Path) -> bool:
     return True
 
 
+def _setting_defaults() -> dict:
+    """Every recorded setting's default (as run_identity writes it), for records of versions that lacked it."""
+    defaults = {f.name: f.default for f in dataclasses.fields(DistillationConfig)}
+    defaults.update({f"data.{f.name}": f.default for f in dataclasses.fields(DataArguments)})
+    return json.loads(json.dumps(defaults, default=str))
+
+
 def check_output_dir(args: DistillationConfig, data: DataArguments) -> str | None:
     """Refuse an output folder holding another run; resolve ``resume_from_checkpoint`` ("last" allowed).
 
@@ -156,7 +165,8 @@ def check_output_dir(args: DistillationConfig, data: DataArguments) -> str | Non
     checkpoints = sorted(output.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     if saved.exists():
         before = json.loads(saved.read_text())
-        differs = sorted(k for k in set(before) | set(identity) if before.get(k) != identity.get(k))
+        defaults = _setting_defaults()  # a setting added since the record was written matches at its default
+        differs = sorted(k for k in set(before) | set(identity) if before.get(k, defaults.get(k)) != identity.get(k))
         if differs:
             raise ConfigError(f"{output} holds a different run (it differs in {', '.join(differs[:8])}); "
                               "choose another output_dir")
@@ -208,6 +218,9 @@ def main(argv: list[str] | None = None) -> None:
     _warn_single_cpu_process()
     try:
         args, data = parse_args(sys.argv[1:] if argv is None else argv)
+        if args.push_to_hub:  # an upload that cannot work fails now, not after training
+            check_repo_id(args.hub_model_id)
+            check_can_push(args.hub_token)
         teacher_config = load_teacher_config(args.teacher_name_or_path)
         student_config = build_student_config(args, teacher_config)
         check_compatible(student_config, teacher_config, args.teacher_name_or_path)
@@ -221,6 +234,9 @@ def main(argv: list[str] | None = None) -> None:
             init_student_from_teacher(student, teacher)
     except (ValueError, FileNotFoundError, KeyError) as error:  # ConfigError, TeacherError and dataclass validation
         raise SystemExit(f"configuration error: {error}") from None
+    # The stock Trainer would create the repository at start-up and push at every save: turned off, and the final
+    # student alone is pushed by push_student once training has ended.
+    hub_repo, args.push_to_hub = (args.hub_model_id if args.push_to_hub else None), False
     if args.ddp_find_unused_parameters is None:  # every student parameter is used unless layers can be dropped
         args.ddp_find_unused_parameters = student_config.layerdrop > 0
     trainer = DistillationTrainer(
@@ -245,3 +261,12 @@ def main(argv: list[str] | None = None) -> None:
     if trainer.is_world_process_zero():
         Path(args.output_dir, "distillation_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
         logger.info("student written to %s", args.output_dir)
+        if hub_repo:
+            try:
+                push_student(args.output_dir, hub_repo, export_format=args.export_format,
+                             private=args.hub_private_repo, token=args.hub_token)
+            except Exception:
+                logger.error("pushing to %s failed; the student is saved: retry with python -m hf_corrdistill.hub "
+                             "push %s --repo_id %s --export_format %s", hub_repo, args.output_dir, hub_repo,
+                             args.export_format)
+                raise

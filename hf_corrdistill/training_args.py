@@ -13,7 +13,9 @@ from .views import PRESETS, SETUPS
 _CORRELATION_DEFAULTS = {k: p.default for k, p in inspect.signature(correlation_loss).parameters.items()}
 _KD_DEFAULTS = {k: p.default for k, p in inspect.signature(distilhubert_loss).parameters.items()}
 LOSSES = ("correlation", "distilhubert")
+EXPORT_FORMATS = ("native", "hubert")  # how a student is published: with its code, or as a plain HubertModel
 TEACHER_DTYPES = ("float32", "bfloat16", "float16")
+SYNCS = ("local", "global")
 
 
 def _loss_default(name: str) -> Any:
@@ -80,6 +82,11 @@ class DistillationConfig(TrainingArguments):
     cosine_weight: float = field(
         default=_loss_default("cosine_weight"), metadata={"help": "Weight of the -log sigmoid(cosine) term."}
     )
+    correlation_sync: Literal[SYNCS] = field(
+        default="local",
+        metadata={"help": "With several processes: 'local' correlates each process's own batch; 'global' gathers "
+                  "the samples of all processes so that every correlation uses the global batch (exact gradients)."},
+    )
     weighting: Literal[WEIGHTINGS] = field(
         default=_loss_default("weighting"),
         metadata={"help": "Correlation term weighting (METHOD.md 3.4): 'fixed', 'snr-reference' or 'snr'."},
@@ -88,6 +95,11 @@ class DistillationConfig(TrainingArguments):
     snr_high: float = field(default=_loss_default("snr_high"), metadata={"help": "SNR (dB) where w = 100 in 'snr'."})
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the collator builds the model inputs."}
+    )
+    export_format: Literal[EXPORT_FORMATS] = field(
+        default="native",
+        metadata={"help": "What --push_to_hub uploads once training has ended: 'native' (the student and its code, "
+                  "loadable with trust_remote_code) or 'hubert' (the backbone as a plain HubertModel)."},
     )
 
     def __post_init__(self):
@@ -104,7 +116,8 @@ class DistillationConfig(TrainingArguments):
         if self.pred_layers is not None and (not self.pred_layers or min(self.pred_layers) < 1):
             raise ValueError(f"pred_layers must be teacher layers >= 1, got {self.pred_layers}")
         for name, allowed in (("loss", LOSSES), ("correlation_style", STYLES), ("weighting", WEIGHTINGS),
-                              ("teacher_dtype", TEACHER_DTYPES)):
+                              ("teacher_dtype", TEACHER_DTYPES), ("export_format", EXPORT_FORMATS),
+                              ("correlation_sync", SYNCS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.pool_positions < 1:
@@ -115,6 +128,10 @@ class DistillationConfig(TrainingArguments):
         for name in ("lambda_cross", "lambda_self", "cosine_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("push_to_hub needs hub_model_id: the repository to create or update, as ORG/NAME")
+        if self.push_to_hub and self.hub_revision:
+            raise ValueError("hub_revision is not supported: the student is pushed to the repository's main branch")
         if self.snr_high <= self.snr_low:
             raise ValueError(f"snr_high ({self.snr_high}) must exceed snr_low ({self.snr_low})")
         if self.loss == "correlation" and min(self.per_device_train_batch_size, self.per_device_eval_batch_size) < 2:

@@ -21,7 +21,7 @@ import pytest
 import soundfile as sf
 import torch
 import torch.nn.functional as F
-from conftest import DEMO, tiny_student_config
+from conftest import DEMO, save_tiny_student, tiny_student_config
 from safetensors.torch import load_file
 from transformers import (
     AutoConfig,
@@ -37,8 +37,7 @@ from transformers import (
     pipeline,
 )
 
-from hf_corrdistill import CorrDistillForCTC, CorrDistillForPreTraining, CorrDistillForSequenceClassification
-from hf_corrdistill.data import default_feature_extractor
+from hf_corrdistill import CorrDistillForCTC, CorrDistillForSequenceClassification
 from hf_corrdistill.modeling_corrdistill import CorrDistillModel, compute_span_mask
 
 SUPERB_MINI = DEMO / "superb_mini"
@@ -93,11 +92,7 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def student_folder(tmp_path_factory) -> Path:
     """A distilled student as `train.py` leaves it: the pre-training model and the feature extractor."""
-    folder = tmp_path_factory.mktemp("student")
-    torch.manual_seed(0)
-    CorrDistillForPreTraining(tiny_student_config()).save_pretrained(folder)
-    default_feature_extractor().save_pretrained(folder)
-    return folder
+    return save_tiny_student(tmp_path_factory.mktemp("student"))
 
 
 # ---------------------------------------------------------------------------------------------------------------

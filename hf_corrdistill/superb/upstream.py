@@ -25,7 +25,7 @@ class UpstreamError(ValueError):
     """An upstream that cannot be loaded or used; the message names it."""
 
 
-def _file_digest(paths: list[Path]) -> str:
+def file_digest(paths: list[Path]) -> str:
     digest = hashlib.sha256()
     for path in sorted(paths):
         digest.update(path.name.encode())
@@ -67,7 +67,7 @@ class PretrainedUpstream:
         self.hidden_size = config.hidden_size
         weights = [p for p in folder.glob("*") if p.suffix in (".safetensors", ".bin") or p.name == "config.json"] \
             if folder.exists() else []
-        self.fingerprint = _file_digest(weights) if weights else f"{spec}@{getattr(config, '_commit_hash', None)}"
+        self.fingerprint = file_digest(weights) if weights else f"{spec}@{getattr(config, '_commit_hash', None)}"
 
     def frames(self, samples: int) -> int:
         return int(self.model._get_feat_extract_output_lengths(samples))
