@@ -11,6 +11,7 @@ No B x D x D tensor and no D x D matrix per pooled position is ever formed. Ever
 when given float64) with autocast disabled.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -228,6 +229,7 @@ def correlation_loss(
     teacher_snr: torch.Tensor | None = None,
     snr_low: float = 10.0,
     snr_high: float = 20.0,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> CorrelationLossOutput:
     """L_CL of METHOD.md 3.2: correlation terms per predicted layer plus the cosine term.
 
@@ -243,6 +245,10 @@ def correlation_loss(
     the batch mean of 1/w(student_snr), with w clipped to [1, 100] between ``snr_low`` and ``snr_high``.
 
     Padded frames never contribute, whatever they hold (NaN included), to the values or the gradients.
+
+    ``gather`` (e.g. `distributed.gather_rows`) concatenates a tensor's dim 0 over processes: the correlations,
+    standardisation and weights then use the global batch (pooled features in the ``batch`` style, frames in the
+    ``frames`` style, whose frame counts must then agree across processes).
     """
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
@@ -250,8 +256,6 @@ def correlation_loss(
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     if pool_positions < 1:
         raise ValueError(f"pool_positions must be >= 1, got {pool_positions}")
-    if student.shape[0] < 2:
-        raise ValueError(f"correlation_loss needs at least 2 utterances in the batch, got {student.shape[0]}")
     with torch.autocast(student.device.type, enabled=False):
         student, teacher, mask = _prepare(student, teacher, padding_mask, zero_padding=style == "frames")
         batch, layers, frames, features = student.shape
@@ -260,6 +264,8 @@ def correlation_loss(
         if weighting != "fixed":
             t_snr = _snr_tensor(teacher_snr, "teacher_snr", batch, student)
             s_snr = _snr_tensor(student_snr, "student_snr", batch, student)
+            if gather is not None:
+                t_snr, s_snr = gather(t_snr), gather(s_snr)
             if weighting == "snr":
                 cross_scale_by = clipped_snr_weight(t_snr, snr_low, snr_high).reciprocal().mean()
                 self_scale_by = clipped_snr_weight(s_snr, snr_low, snr_high).reciprocal().mean()
@@ -267,14 +273,21 @@ def correlation_loss(
                 cross_weight = reference_snr_weight(t_snr).reciprocal()
                 self_weight = reference_snr_weight(s_snr).reciprocal()
 
+        if style == "batch":  # samples: the utterances, at every (layer, pooled position)
+            student = pool_valid_frames(student, mask, pool_positions)  # (B, N, P, D)
+            teacher = pool_valid_frames(teacher, mask, pool_positions)
+            mask = mask.new_ones(batch, pool_positions)  # every pooled position holds valid frames
+        if gather is not None:  # the global batch of all processes
+            student, teacher, mask = gather(student), gather(teacher), gather(mask)  # (W*B, N, P or F, D)
+        batch = student.shape[0]
+        if batch < 2:
+            raise ValueError(f"correlation_loss needs at least 2 utterances in the batch, got {batch}")
+        cosine = _cosine_term(student, teacher, mask)
         if style == "batch":
-            pooled_s = pool_valid_frames(student, mask, pool_positions)  # (B, N, P, D)
-            pooled_t = pool_valid_frames(teacher, mask, pool_positions)
             groups = (layers * pool_positions, batch, features)
-            s_hat, a_diag = _standardise(pooled_s.permute(1, 2, 0, 3).reshape(groups), None, batch)  # (N*P, B, D)
-            t_hat, _ = _standardise(pooled_t.permute(1, 2, 0, 3).reshape(groups), None, batch)
+            s_hat, a_diag = _standardise(student.permute(1, 2, 0, 3).reshape(groups), None, batch)  # (N*P, B, D)
+            t_hat, _ = _standardise(teacher.permute(1, 2, 0, 3).reshape(groups), None, batch)
             denom = batch - 1
-            cosine = _cosine_term(pooled_s, pooled_t, torch.ones_like(mask[:, :1]).expand(batch, pool_positions))
         else:
             samples = (layers, batch * frames, features)
             valid = mask.reshape(1, batch * frames, 1)  # (1, B*F, 1)
@@ -282,7 +295,6 @@ def correlation_loss(
             s_hat, a_diag = _standardise(student.transpose(0, 1).reshape(samples), valid, count)  # (N, B*F, D)
             t_hat, _ = _standardise(teacher.transpose(0, 1).reshape(samples), valid, count)
             denom = count - 1
-            cosine = _cosine_term(student, teacher, mask)
             if cross_weight is not None:  # every frame carries its utterance's weight
                 cross_weight = cross_weight.repeat_interleave(frames)
                 self_weight = self_weight.repeat_interleave(frames)

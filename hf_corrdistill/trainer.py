@@ -11,6 +11,7 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.utils import ModelOutput
 
 from .data import SKIP_REASONS
+from .distributed import gather_rows, world_size
 from .losses import correlation_loss, distilhubert_loss
 from .teacher import teacher_targets
 from .training_args import DistillationConfig
@@ -91,10 +92,14 @@ class DistillationTrainer(Trainer):
             self._skipped_batches[mode] += 1
             loss = predictions.sum() * 0.0  # zero gradients, and every process still takes part in the step
             return (loss, None) if return_outputs else loss
-        snr = {}
+        frame_mask, extra = outputs.frame_mask, {}
         if self.args.loss == "correlation":
-            snr = {"student_snr": inputs.get("student_snr"), "teacher_snr": inputs.get("teacher_snr")}
-        result = self.loss_fn(predictions, targets, outputs.frame_mask, **self.loss_kwargs, **snr)
+            extra = {"student_snr": inputs.get("student_snr"), "teacher_snr": inputs.get("teacher_snr")}
+            if self._global_correlations():  # frames padded to one length, so that every process's shapes agree
+                pad = self.accelerator.pad_across_processes
+                predictions, targets, frame_mask = pad(predictions, dim=2), pad(targets, dim=2), pad(frame_mask, dim=1)
+                extra["gather"] = gather_rows
+        result = self.loss_fn(predictions, targets, frame_mask, **self.loss_kwargs, **extra)
         terms = {name: value for name, value in result.items() if name != "loss"}
         for name, value in terms.items():
             self._terms[mode][name].append(value.detach())
@@ -108,11 +113,15 @@ class DistillationTrainer(Trainer):
         if not return_outputs:
             return result.loss
         return result.loss, DistillationOutput(
-            loss=result.loss, terms=terms, predictions=predictions, targets=targets, frame_mask=outputs.frame_mask
+            loss=result.loss, terms=terms, predictions=predictions, targets=targets, frame_mask=frame_mask
         )
 
-    def _too_small(self, inputs: dict[str, Any]) -> bool:
-        return self.args.loss == "correlation" and inputs["input_values"].shape[0] < 2
+    def _global_correlations(self) -> bool:
+        return self.args.correlation_sync == "global" and world_size() > 1
+
+    def _too_small(self, inputs: dict[str, Any]) -> bool:  # with global correlations the batch is never one utterance
+        return (self.args.loss == "correlation" and inputs["input_values"].shape[0] < 2
+                and not self._global_correlations())
 
     def prediction_step(
         self,

@@ -22,7 +22,7 @@ from hf_corrdistill.teacher import teacher_targets
 from hf_corrdistill.trainer import DistillationTrainer
 from hf_corrdistill.training_args import DistillationConfig
 
-DEMO_CONFIG = str(ROOT / "configs" / "demo.yaml")
+TINY_CONFIG = str(ROOT / "configs" / "tiny.yaml")
 TERMS = ("on_diagonal", "off_diagonal_cross", "off_diagonal_self", "cosine")
 
 
@@ -33,7 +33,7 @@ def _run_from_repo_root(monkeypatch):
 
 # ---------------------------------------------------------------- configuration
 def test_yaml_gives_defaults_and_flags_override(tmp_path, demo_data):
-    args, data = parse_args([DEMO_CONFIG, "--lambda_cross", "0.001", "--output_dir", str(tmp_path),
+    args, data = parse_args([TINY_CONFIG, "--lambda_cross", "0.001", "--output_dir", str(tmp_path),
                              "--student_overrides", '{"hidden_size": 64, "num_attention_heads": 8}'])
     assert args.lambda_cross == 0.001
     assert args.pool_positions == 50  # from the YAML
@@ -55,7 +55,7 @@ def test_yaml_gives_defaults_and_flags_override(tmp_path, demo_data):
 )
 def test_configuration_mistakes_fail_at_parse_time(extra, message, tmp_path):
     with pytest.raises((ConfigError, SystemExit), match=message):
-        parse_args([DEMO_CONFIG, "--output_dir", str(tmp_path), *extra])
+        parse_args([TINY_CONFIG, "--output_dir", str(tmp_path), *extra])
 
 
 def test_unknown_yaml_key_is_named(tmp_path):
@@ -67,9 +67,28 @@ def test_unknown_yaml_key_is_named(tmp_path):
 
 def test_unknown_student_field_and_incompatible_teacher_fail_before_training(tmp_path, demo_data):
     with pytest.raises(SystemExit, match="student_overrides has unknown field"):
-        main([DEMO_CONFIG, "--output_dir", str(tmp_path), "--student_overrides", '{"hiden_size": 3}'])
+        main([TINY_CONFIG, "--output_dir", str(tmp_path), "--student_overrides", '{"hiden_size": 3}'])
     with pytest.raises(SystemExit, match="exceed the depth"):
-        main([DEMO_CONFIG, "--output_dir", str(tmp_path), "--pred_layers", "2", "9"])
+        main([TINY_CONFIG, "--output_dir", str(tmp_path), "--pred_layers", "2", "9"])
+
+
+def test_demo_config_starts_its_student_from_the_trained_teacher(tmp_path):
+    """configs/demo.yaml against the committed teacher: compatible, the student initialised from its first layers."""
+    from hf_corrdistill.cli import build_student_config
+    from hf_corrdistill.teacher import check_compatible, init_student_from_teacher, load_teacher, load_teacher_config
+
+    record = json.loads((ROOT / "demo_data" / "teacher" / "pretraining.json").read_text())
+    assert record["steps_done"] >= 1000 and record["size_mb"] <= 10  # a really pre-trained teacher, small enough
+    args, data = parse_args([str(ROOT / "configs" / "demo.yaml"), "--output_dir", str(tmp_path)])
+    teacher_config = load_teacher_config(args.teacher_name_or_path)
+    student_config = build_student_config(args, teacher_config)
+    check_compatible(student_config, teacher_config, args.teacher_name_or_path)
+    student = CorrDistillForPreTraining(student_config)
+    teacher = load_teacher(args.teacher_name_or_path, torch.float32)
+    init_student_from_teacher(student, teacher)
+    first = teacher.encoder.layers[0].attention.q_proj.weight
+    assert torch.equal(student.corrdistill.encoder.layers[0].attention.q_proj.weight, first)
+    assert list(student_config.pred_layer_ids) == args.pred_layers and data.views == "setup2"
 
 
 def test_paper_config_fails_fast_without_the_hub():
@@ -165,7 +184,7 @@ def _log(folder):
 @pytest.mark.slow
 def test_demo_run_logs_terms_evaluates_and_saves_a_loadable_student(tmp_path, demo_data):
     out = tmp_path / "run"
-    main([DEMO_CONFIG, "--output_dir", str(out), "--max_steps", "6", "--logging_steps", "2", "--eval_steps", "3",
+    main([TINY_CONFIG, "--output_dir", str(out), "--max_steps", "6", "--logging_steps", "2", "--eval_steps", "3",
           "--save_steps", "3"])
     history = _log(out)
     train_logs = [h for h in history if "loss" in h]
@@ -187,9 +206,9 @@ def test_demo_run_logs_terms_evaluates_and_saves_a_loadable_student(tmp_path, de
 @pytest.mark.slow
 def test_resume_from_checkpoint_continues_the_same_run(tmp_path, demo_data):
     flags = ["--max_steps", "6", "--logging_steps", "1", "--save_steps", "3", "--eval_strategy", "no"]
-    main([DEMO_CONFIG, "--output_dir", str(tmp_path / "full"), *flags])
-    main([DEMO_CONFIG, "--output_dir", str(tmp_path / "cut"), *flags, "--max_steps", "3"])
-    main([DEMO_CONFIG, "--output_dir", str(tmp_path / "cut"), *flags,
+    main([TINY_CONFIG, "--output_dir", str(tmp_path / "full"), *flags])
+    main([TINY_CONFIG, "--output_dir", str(tmp_path / "cut"), *flags, "--max_steps", "3"])
+    main([TINY_CONFIG, "--output_dir", str(tmp_path / "cut"), *flags,
           "--resume_from_checkpoint", str(tmp_path / "cut" / "checkpoint-3")])
     full = {h["step"]: h["loss"] for h in _log(tmp_path / "full") if "loss" in h}
     resumed = {h["step"]: h["loss"] for h in _log(tmp_path / "cut") if "loss" in h}
@@ -199,12 +218,14 @@ def test_resume_from_checkpoint_continues_the_same_run(tmp_path, demo_data):
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes(tmp_path, demo_data):
+@pytest.mark.parametrize("sync", ["local", "global"])
+def test_ddp_two_cpu_processes(tmp_path, demo_data, sync):
+    """Two processes over gloo, each correlating its own batch or (global) the gathered batch of both."""
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "train.py", DEMO_CONFIG, "--output_dir", str(out), "--max_steps", "4", "--logging_steps", "2",
-               "--eval_steps", "4", "--save_steps", "4"]
+               "train.py", TINY_CONFIG, "--output_dir", str(out), "--max_steps", "4", "--logging_steps", "2",
+               "--eval_steps", "4", "--save_steps", "4", "--correlation_sync", sync]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stderr.count("student written to") == 1  # rank 0 only
@@ -226,7 +247,7 @@ def test_single_process_cpu_launch_is_reported(monkeypatch, caplog):
 @pytest.mark.slow
 def test_streamed_source_with_views_feeds_the_trainer(tmp_path, demo_data):
     out = tmp_path / "stream"
-    main([DEMO_CONFIG, "--output_dir", str(out), "--streaming", "true", "--max_steps", "4", "--logging_steps", "2",
+    main([TINY_CONFIG, "--output_dir", str(out), "--streaming", "true", "--max_steps", "4", "--logging_steps", "2",
           "--eval_strategy", "no", "--save_strategy", "no", "--dataloader_num_workers", "2"])
     history = _log(out)
     logged = [h for h in history if "loss" in h]
@@ -247,7 +268,7 @@ def test_streamed_source_with_views_feeds_the_trainer(tmp_path, demo_data):
 )
 def test_noise_configuration_mistakes_fail_at_start(tmp_path, demo_data, extra, message):
     with pytest.raises(SystemExit, match=message):
-        main([DEMO_CONFIG, "--output_dir", str(tmp_path), *extra])
+        main([TINY_CONFIG, "--output_dir", str(tmp_path), *extra])
 
 
 def _write_bad_stream(folder, good):
@@ -274,7 +295,7 @@ def test_stream_with_bad_files_completes_and_counts_them(tmp_path, demo_data):
     expected = _write_bad_stream(tmp_path / "bad", good=13)  # 13 + 1 resampled = 14 usable: batches 4, 4, 4, 2
     out = tmp_path / "run"
     with pytest.warns(UserWarning):
-        main([DEMO_CONFIG, "--output_dir", str(out), "--train_data", str(tmp_path / "bad"), "--streaming", "true",
+        main([TINY_CONFIG, "--output_dir", str(out), "--train_data", str(tmp_path / "bad"), "--streaming", "true",
               "--eval_data", "demo_data/speech",
               "--per_device_train_batch_size", "4", "--max_steps", "4", "--logging_steps", "4",
               "--eval_strategy", "no", "--save_strategy", "no"])
@@ -295,9 +316,9 @@ def test_five_percent_bad_files_at_scale_counted_across_a_resume(tmp_path, demo_
              "--per_device_train_batch_size",
              "8", "--logging_steps", "3", "--save_steps", "6"]
     with pytest.warns(UserWarning):
-        main([DEMO_CONFIG, "--output_dir", str(tmp_path / "whole"), *flags, "--max_steps", "12"])
-        main([DEMO_CONFIG, "--output_dir", str(tmp_path / "resumed"), *flags, "--max_steps", "6"])
-        main([DEMO_CONFIG, "--output_dir", str(tmp_path / "resumed"), *flags, "--max_steps", "12",
+        main([TINY_CONFIG, "--output_dir", str(tmp_path / "whole"), *flags, "--max_steps", "12"])
+        main([TINY_CONFIG, "--output_dir", str(tmp_path / "resumed"), *flags, "--max_steps", "6"])
+        main([TINY_CONFIG, "--output_dir", str(tmp_path / "resumed"), *flags, "--max_steps", "12",
               "--resume_from_checkpoint", "last"])
     for run in ("whole", "resumed"):
         logged = [h for h in _log(tmp_path / run) if "loss" in h]
@@ -310,7 +331,7 @@ def test_student_that_cannot_copy_the_teacher_fails_with_one_line(tmp_path, demo
     overrides = {"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128, "conv_dim": [64] * 7,
                  "num_conv_pos_embeddings": 32, "num_conv_pos_embedding_groups": 4}  # a narrower FFN than the teacher
     with pytest.raises(SystemExit, match="configuration error: cannot initialise the student"):
-        main([DEMO_CONFIG, "--output_dir", str(tmp_path), "--student_overrides", json.dumps(overrides)])
+        main([TINY_CONFIG, "--output_dir", str(tmp_path), "--student_overrides", json.dumps(overrides)])
 
 
 def test_a_batch_of_one_is_skipped_not_fatal(tmp_path, demo_data, caplog):
@@ -335,21 +356,27 @@ FAST = ["--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4
 
 def test_output_folder_of_another_run_is_refused(tmp_path, demo_data):
     out = tmp_path / "run"
-    main([DEMO_CONFIG, "--output_dir", str(out), *FAST, "--max_steps", "1", "--save_strategy", "no"])
+    main([TINY_CONFIG, "--output_dir", str(out), *FAST, "--max_steps", "1", "--save_strategy", "no"])
     with pytest.raises(SystemExit, match="holds a different run.*lambda_cross"):
-        main([DEMO_CONFIG, "--output_dir", str(out), *FAST, "--max_steps", "1", "--lambda_cross", "0.1"])
+        main([TINY_CONFIG, "--output_dir", str(out), *FAST, "--max_steps", "1", "--lambda_cross", "0.1"])
+    # a record written before a setting existed still matches while the setting stays at its default
+    record = json.loads((out / "run_config.json").read_text())
+    (out / "run_config.json").write_text(json.dumps({k: v for k, v in record.items() if k != "correlation_sync"}))
+    main([TINY_CONFIG, "--output_dir", str(out), *FAST, "--max_steps", "2", "--save_strategy", "no"])
+    with pytest.raises(SystemExit, match="holds a different run.*correlation_sync"):
+        main([TINY_CONFIG, "--output_dir", str(out), *FAST, "--max_steps", "2", "--correlation_sync", "global"])
     (tmp_path / "foreign" / "checkpoint-5").mkdir(parents=True)
     with pytest.raises(SystemExit, match="did not record"):
-        main([DEMO_CONFIG, "--output_dir", str(tmp_path / "foreign"), *FAST, "--max_steps", "1"])
+        main([TINY_CONFIG, "--output_dir", str(tmp_path / "foreign"), *FAST, "--max_steps", "1"])
     with pytest.raises(SystemExit, match="not a complete checkpoint"):
-        main([DEMO_CONFIG, "--output_dir", str(out), *FAST, "--resume_from_checkpoint", str(tmp_path / "nowhere")])
+        main([TINY_CONFIG, "--output_dir", str(out), *FAST, "--resume_from_checkpoint", str(tmp_path / "nowhere")])
 
 
 @pytest.mark.slow
 def test_same_seed_gives_the_same_first_50_losses(tmp_path, demo_data):
     runs = []
     for name in ("a", "b"):
-        main([DEMO_CONFIG, "--output_dir", str(tmp_path / name), *FAST, "--max_steps", "50", "--logging_steps", "1",
+        main([TINY_CONFIG, "--output_dir", str(tmp_path / name), *FAST, "--max_steps", "50", "--logging_steps", "1",
               "--save_strategy", "no"])
         runs.append([h["loss"] for h in _log(tmp_path / name) if "loss" in h])
     assert len(runs[0]) == 50 and runs[0] == runs[1]
@@ -358,9 +385,9 @@ def test_same_seed_gives_the_same_first_50_losses(tmp_path, demo_data):
 @pytest.mark.slow
 def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, demo_data):
     flags = [*FAST, "--max_steps", "12", "--logging_steps", "1", "--save_steps", "3", "--save_total_limit", "10"]
-    main([DEMO_CONFIG, "--output_dir", str(tmp_path / "whole"), *flags])
+    main([TINY_CONFIG, "--output_dir", str(tmp_path / "whole"), *flags])
     out = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "train.py", DEMO_CONFIG, "--output_dir", str(out), *flags],
+    process = subprocess.Popen([sys.executable, "train.py", TINY_CONFIG, "--output_dir", str(out), *flags],
                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not complete_checkpoint(out / "checkpoint-6") and time.monotonic() < deadline and process.poll() is None:
@@ -372,7 +399,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, demo_data):
     if not partial.exists():
         shutil.copytree(out / "checkpoint-6", partial)
         (partial / "trainer_state.json").unlink()
-    main([DEMO_CONFIG, "--output_dir", str(out), *flags, "--resume_from_checkpoint", "last"])
+    main([TINY_CONFIG, "--output_dir", str(out), *flags, "--resume_from_checkpoint", "last"])
     whole = {h["step"]: h["loss"] for h in _log(tmp_path / "whole") if "loss" in h}
     resumed = {h["step"]: h["loss"] for h in _log(out) if "loss" in h}
     assert max(resumed) == 12
@@ -383,7 +410,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, demo_data):
 @pytest.mark.slow
 def test_200_fp16_steps_stay_finite(tmp_path, demo_data):
     out = tmp_path / "fp16"
-    main([DEMO_CONFIG, "--output_dir", str(out), *FAST, "--max_steps", "200", "--logging_steps", "10",
+    main([TINY_CONFIG, "--output_dir", str(out), *FAST, "--max_steps", "200", "--logging_steps", "10",
           "--save_strategy", "no", "--fp16", "true", "--use_cpu", "true"])
     losses = [h["loss"] for h in _log(out) if "loss" in h]
     assert len(losses) == 20 and all(math.isfinite(x) for x in losses)
