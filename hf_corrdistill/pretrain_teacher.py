@@ -1,6 +1,8 @@
 """Pre-trains a small HuBERT teacher from scratch: the first iteration of HuBERT (Hsu et al. 2021, arXiv 2106.07447).
 
-    python -m hf_corrdistill.pretrain_teacher --make_corpus 0.35 --output /tmp/teacher --max_minutes 10
+    python -m hf_corrdistill.superb_mini --output data/superb-mini --scale 10     # its corpus/: 2 h, own speakers
+    python -m hf_corrdistill.pretrain_teacher --data data/superb-mini/corpus --output demo_data/teacher \
+        --steps 4000 --lr 1e-3
 
 Targets are k-means cluster ids of MFCC frames (13 cepstra + deltas + delta-deltas, 25 ms windows every 10 ms, pairs
 averaged to the model's 20 ms frames). Spans of the CNN features are replaced by the model's ``masked_spec_embed``;
@@ -31,16 +33,13 @@ from .superb.upstream import FilterbankUpstream
 
 logger = logging.getLogger(__name__)
 
-UTTERANCE_SECONDS = 2.5  # the mean length of a `make_speech_corpus` utterance (5-9 words), to size a corpus
-
 
 @dataclasses.dataclass
 class PretrainSettings:
     """Every knob of a run; each field is also a command-line flag."""
 
-    data: str | None = None  # folder of audio (its train/ split, or all of it)
+    data: str | None = None  # folder of audio (its train/ split, or all of it); required
     output: str = "teacher"  # where the HubertModel, kmeans.npz and pretraining.json go
-    make_corpus: float = 0.0  # hours of espeak-ng speech to synthesise into OUTPUT/corpus first (0: use --data)
     steps: int = 10_000
     batch_size: int = 8
     clusters: int = 100
@@ -332,24 +331,11 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.threads > 0:
         torch.set_num_threads(settings.threads)
-    start = time.monotonic()
-    output = Path(settings.output)
-    if settings.make_corpus > 0:
-        from .demo import make_speech_corpus
-
-        corpus = output / "corpus"
-        if any((corpus / "train").glob("*.flac")):
-            logger.info("reusing the corpus under %s", corpus)
-        else:
-            num_train = max(1, round(settings.make_corpus * 3600 / UTTERANCE_SECONDS))
-            make_speech_corpus(corpus, num_train, max(1, num_train // 50), settings.seed)
-            logger.info("synthesised the corpus in %.0f s", time.monotonic() - start)
-        settings.data = str(corpus)
     if settings.data is None:
-        parser.error("give --data DIR or --make_corpus HOURS")
+        parser.error("give --data DIR: a folder of speech (e.g. the corpus/ of python -m hf_corrdistill.superb_mini)")
     start = time.monotonic()
     model, record = pretrain(settings, load_waves(settings.data))
-    return save_teacher(model, record, output, time.monotonic() - start)
+    return save_teacher(model, record, Path(settings.output), time.monotonic() - start)
 
 
 if __name__ == "__main__":
