@@ -1,0 +1,228 @@
+"""The paper's comparison at small scale: six students from one teacher, scored by eval_superb, several seeds.
+
+    python -m hf_corrdistill.superb_mini --output data/superb-mini-x10 --scale 10      # sets, noise, 2 h corpus
+    python benchmarks/reproduce.py --data data/superb-mini-x10 --output benchmarks/results
+
+Students (configs/demo.yaml's student and optimiser; equal steps, data and seeds; only the objective and views differ):
+  a  L_KD (L1 + cosine), clean input            d  L_CL, `snr` weighting, Setup 2 views
+  b  L_KD, Setup 2 views                         e  L_CL without the self-correlation term, Setup 2 views
+  c  L_CL, fixed weights, Setup 2 views          f  L_CL, `frames` style, Setup 2 views
+Distillation reads DATA/corpus and DATA/noise/train; evaluation adds DATA/noise/test (seen categories, other clips)
+and DATA/noise/unseen (categories never heard in distillation). For every seed s the students of seed s are distilled
+with seed s, then eval_superb scores the teacher, the students and the baselines with seed s (noisy copies and
+heads), so the teacher's and baselines' spread comes from the heads alone. Finished students and evaluations are
+reused when the command is run again. Writes results.json (every value of every seed), results.md (mean +- std)
+and results.png under --output.
+"""
+
+import argparse
+import dataclasses
+import json
+import logging
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+import torch  # noqa: E402
+
+from hf_corrdistill.cli import main as distil  # noqa: E402
+from hf_corrdistill.superb.arguments import parse as parse_eval  # noqa: E402
+from hf_corrdistill.superb.report import TITLES  # noqa: E402
+from hf_corrdistill.superb.runner import run as evaluate  # noqa: E402
+
+logger = logging.getLogger("reproduce")
+
+
+@dataclasses.dataclass(frozen=True)
+class Student:
+    label: str
+    flags: tuple[str, ...]
+
+
+STUDENTS = {
+    "a": Student("L_KD, clean", ("--loss", "distilhubert", "--views", "clean")),
+    "b": Student("L_KD, Setup 2", ("--loss", "distilhubert", "--views", "setup2")),
+    "c": Student("L_CL fixed, Setup 2", ("--loss", "correlation", "--weighting", "fixed", "--views", "setup2")),
+    "d": Student("L_CL snr, Setup 2", ("--loss", "correlation", "--weighting", "snr", "--views", "setup2")),
+    "e": Student("L_CL no self-corr., Setup 2", ("--loss", "correlation", "--weighting", "fixed", "--lambda_self", "0",
+                                                  "--views", "setup2")),
+    "f": Student("L_CL frames, Setup 2", ("--loss", "correlation", "--weighting", "fixed", "--correlation_style",
+                                          "frames", "--views", "setup2")),
+}
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="a superb_mini output folder with corpus/ and noise/")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results", help="results folder")
+    parser.add_argument("--work_dir", type=Path, help="students, evaluations and caches (default OUTPUT/work)")
+    parser.add_argument("--teacher", default=str(ROOT / "demo_data" / "teacher"), help="teacher folder or Hub id")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml",
+                        help="train.py config giving the student and the optimiser")
+    parser.add_argument("--corpus", type=Path, help="distillation speech (default DATA/corpus)")
+    parser.add_argument("--students", nargs="*", default=list(STUDENTS), choices=list(STUDENTS),
+                        help="which students to distil (none: score the teacher and the baselines only)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=200, help="distillation steps of every student")
+    parser.add_argument("--baselines", nargs="*", default=["fbank"],
+                        help="more upstreams scored beside them: fbank, mfcc or NAME=FOLDER")
+    parser.add_argument("--tasks", nargs="+", default=["ks", "ic", "asr"])
+    parser.add_argument("--snrs", nargs="+", default=["clean", "10", "0"], help="eval_superb conditions")
+    parser.add_argument("--head_steps", nargs="*", default=[], help="eval_superb --steps (default: its --quick)")
+    parser.add_argument("--head_lr", type=float, default=1e-3,
+                        help="eval_superb --learning_rate: SUPERB's 1e-4 suits 200k steps, not --quick's few hundred")
+    parser.add_argument("--train_flags", nargs=argparse.REMAINDER, default=[],
+                        help="further train.py flags for every student (last on the line)")
+    args = parser.parse_args(argv)
+    args.corpus = args.corpus or args.data / "corpus"
+    args.work_dir = args.work_dir or args.output / "work"
+    for path in (args.corpus / "train", args.data / "noise" / "train", args.data / "noise" / "test",
+                 args.data / "noise" / "unseen", args.config):
+        if not path.exists():
+            parser.error(f"{path} does not exist (make the sets with python -m hf_corrdistill.superb_mini)")
+    if len(args.seeds) < 2:
+        logger.warning("one seed: no standard deviation")
+    return args
+
+
+def train_student(args: argparse.Namespace, name: str, seed: int) -> tuple[Path, float]:
+    """Distil one student (or reuse a finished one); returns its folder and the seconds it took."""
+    folder = args.work_dir / "students" / f"{name}-seed{seed}"
+    record = folder / "distillation_results.json"
+    if record.exists():
+        logger.info("student %s seed %d: reusing %s", name, seed, folder)
+        return folder, json.loads(record.read_text()).get("train_runtime", 0.0)
+    logger.info("student %s (%s) seed %d: %d steps", name, STUDENTS[name].label, seed, args.steps)
+    distil([str(args.config), "--teacher_name_or_path", args.teacher, "--train_data", str(args.corpus),
+            "--noise_sources", str(args.data / "noise" / "train"), "--output_dir", str(folder),
+            "--seed", str(seed), "--max_steps", str(args.steps), "--eval_strategy", "no", "--save_strategy", "no",
+            "--logging_steps", "50",
+            *STUDENTS[name].flags, *args.train_flags])
+    return folder, json.loads(record.read_text())["train_runtime"]
+
+
+def evaluate_seed(args: argparse.Namespace, seed: int, students: dict[str, Path]) -> dict:
+    upstreams = [f"teacher={args.teacher}", *(f"{n}={p}" for n, p in students.items()), *args.baselines]
+    argv = ["--data", str(args.data), "--snrs", *args.snrs, "--tasks", *args.tasks, "--quick", "--seed", str(seed),
+            "--learning_rate", str(args.head_lr),
+            "--output_dir", str(args.work_dir / f"eval-seed{seed}"), "--cache_dir", str(args.work_dir / "cache")]
+    if set(args.snrs) != {"clean"}:
+        argv += ["--noise", str(args.data / "noise" / "test"), "--unseen_noise", str(args.data / "noise" / "unseen")]
+    if args.head_steps:
+        argv += ["--steps", *args.head_steps]
+    for upstream in upstreams:
+        argv += ["--upstream", upstream]
+    return evaluate(parse_eval(argv))
+
+
+def aggregate(runs: dict[int, dict]) -> dict:
+    """{task: {model: {condition: {mean, std, values}}}} over seeds; dev scores as condition 'dev'."""
+    table: dict[str, dict[str, dict[str, dict]]] = {}
+    for _, report in sorted(runs.items()):
+        for task, per_upstream in report["results"].items():
+            for upstream, result in per_upstream.items():
+                model = upstream.split("=")[0]
+                cells = table.setdefault(task, {}).setdefault(model, {})
+                for condition, value in {"dev": result["dev"], **result["test"]}.items():
+                    cells.setdefault(condition, {"values": []})["values"].append(value)
+    for per_model in table.values():
+        for cells in per_model.values():
+            for cell in cells.values():
+                values = cell["values"]
+                cell["mean"] = statistics.fmean(values)
+                cell["std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return table
+
+
+def model_label(model: str) -> str:
+    return f"{model}: {STUDENTS[model].label}" if model in STUDENTS else model
+
+
+def markdown(summary: dict) -> str:
+    lines = ["# benchmarks/reproduce.py", "",
+             f"`{summary['command']}`", "",
+             f"Seeds {summary['seeds']}; "
+             + (f"{summary['steps']} distillation steps per student; " if summary["students"] else "")
+             + "mean +- standard deviation over seeds, in %. Test split under every condition (`seen`: noise/test "
+             "clips of the "
+             f"categories heard in distillation, `unseen`: categories never heard); dev is clean. "
+             f"{summary['seconds'] / 60:.0f} min on {summary['machine']['device']}.", ""]
+    for task, per_model in summary["results"].items():
+        conditions = list(next(iter(per_model.values())))
+        lines += [f"## {TITLES[task]}", "", "| model | " + " | ".join(conditions) + " |",
+                  "|---" * (len(conditions) + 1) + "|"]
+        for model, cells in per_model.items():
+            row = [f"{100 * cells[c]['mean']:.1f} +- {100 * cells[c]['std']:.1f}" for c in conditions]
+            lines.append(f"| {model_label(model)} | " + " | ".join(row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(summary["results"])
+    figure, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
+    for axis, task in zip(axes[0], tasks, strict=True):
+        per_model = summary["results"][task]
+        conditions = [c for c in next(iter(per_model.values())) if c != "dev"]
+        for index, (model, cells) in enumerate(per_model.items()):
+            axis.errorbar(range(len(conditions)), [100 * cells[c]["mean"] for c in conditions],
+                          yerr=[100 * cells[c]["std"] for c in conditions], marker="o", capsize=3,
+                          color=f"C{index}", label=model_label(model))
+        axis.set_xticks(range(len(conditions)), conditions, rotation=30, ha="right")
+        axis.set_title(TITLES[task])
+        axis.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse(argv)
+    started = time.monotonic()
+    runs, train_seconds, eval_seconds = {}, {}, 0.0
+    for seed in args.seeds:
+        students = {}
+        for name in args.students:
+            students[name], train_seconds[f"{name}-seed{seed}"] = train_student(args, name, seed)
+        tick = time.monotonic()
+        runs[seed] = evaluate_seed(args, seed, students)
+        eval_seconds += time.monotonic() - tick
+    summary = {
+        "command": "python benchmarks/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "seeds": args.seeds,
+        "steps": args.steps,
+        "students": {name: dataclasses.asdict(STUDENTS[name]) for name in args.students},
+        "teacher": args.teacher,
+        "data": str(args.data),
+        "results": aggregate(runs),
+        "runs": runs,
+        "seconds": time.monotonic() - started,
+        "distillation_seconds": train_seconds,
+        "evaluation_seconds": eval_seconds,
+        "machine": {"device": torch.cuda.get_device_name() if torch.cuda.is_available()
+                    else f"CPU ({torch.get_num_threads()} threads)", "platform": platform.platform(),
+                    "torch": torch.__version__},
+    }
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "results.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    (args.output / "results.md").write_text(markdown(summary))
+    plot(summary, args.output / "results.png")
+    logger.info("wrote results.json, results.md and results.png under %s (%.1f min)", args.output,
+                summary["seconds"] / 60)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
