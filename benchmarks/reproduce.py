@@ -120,6 +120,16 @@ def evaluate_seed(args: argparse.Namespace, seed: int, students: dict[str, Path]
     return evaluate(parse_eval(argv))
 
 
+def add_seconds(args: argparse.Namespace, name: str, seconds: float) -> dict[str, float]:
+    """Evaluation time spent so far per seed, kept across interrupted runs in WORK_DIR/eval_seconds.json."""
+    path = args.work_dir / "eval_seconds.json"
+    spent = json.loads(path.read_text()) if path.exists() else {}
+    spent[name] = spent.get(name, 0.0) + seconds
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(spent, indent=2) + "\n")
+    return spent
+
+
 def aggregate(runs: dict[int, dict]) -> dict:
     """{task: {model: {condition: {mean, std, values}}}} over seeds; dev scores as condition 'dev'."""
     table: dict[str, dict[str, dict[str, dict]]] = {}
@@ -151,7 +161,8 @@ def markdown(summary: dict) -> str:
              + "mean +- standard deviation over seeds, in %. Test split under every condition (`seen`: noise/test "
              "clips of the "
              f"categories heard in distillation, `unseen`: categories never heard); dev is clean. "
-             f"{summary['seconds'] / 60:.0f} min on {summary['machine']['device']}.", ""]
+             f"{summary['compute_seconds'] / 60:.0f} min of distillation and evaluation on "
+             f"{summary['machine']['device']}.", ""]
     for task, per_model in summary["results"].items():
         conditions = list(next(iter(per_model.values())))
         lines += [f"## {TITLES[task]}", "", "| model | " + " | ".join(conditions) + " |",
@@ -191,14 +202,14 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse(argv)
     started = time.monotonic()
-    runs, train_seconds, eval_seconds = {}, {}, 0.0
+    runs, train_seconds, eval_seconds = {}, {}, {}
     for seed in args.seeds:
         students = {}
         for name in args.students:
             students[name], train_seconds[f"{name}-seed{seed}"] = train_student(args, name, seed)
         tick = time.monotonic()
         runs[seed] = evaluate_seed(args, seed, students)
-        eval_seconds += time.monotonic() - tick
+        eval_seconds = add_seconds(args, f"eval-seed{seed}", time.monotonic() - tick)
     summary = {
         "command": "python benchmarks/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "seeds": args.seeds,
@@ -208,9 +219,10 @@ def main(argv: list[str] | None = None) -> dict:
         "data": str(args.data),
         "results": aggregate(runs),
         "runs": runs,
-        "seconds": time.monotonic() - started,
-        "distillation_seconds": train_seconds,
-        "evaluation_seconds": eval_seconds,
+        "seconds": time.monotonic() - started,  # this invocation; finished parts of earlier ones were reused
+        "distillation_seconds": train_seconds,  # each student's training time, whenever it ran
+        "evaluation_seconds": eval_seconds,  # per seed, summed over invocations
+        "compute_seconds": sum(train_seconds.values()) + sum(eval_seconds.values()),
         "machine": {"device": torch.cuda.get_device_name() if torch.cuda.is_available()
                     else f"CPU ({torch.get_num_threads()} threads)", "platform": platform.platform(),
                     "torch": torch.__version__},

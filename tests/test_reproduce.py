@@ -47,6 +47,7 @@ def test_every_student_seed_and_condition_is_scored(smoke):
     markdown = (output / "results.md").read_text()
     assert "e: L_CL no self-corr., Setup 2" in markdown and "+-" in markdown
     assert saved["steps"] == 2 and len(saved["distillation_seconds"]) == 12
+    assert set(saved["evaluation_seconds"]) == {"eval-seed0", "eval-seed1"} and saved["compute_seconds"] > 0
 
 
 def test_students_differ_only_in_their_objective_and_views(smoke):
@@ -72,3 +73,4 @@ def test_a_second_run_reuses_students_and_heads(smoke, caplog):
     assert weights.stat().st_mtime_ns == stamp
     assert sum("reusing" in r.getMessage() for r in caplog.records if r.name == "reproduce") == 12
     assert again["results"] == first["results"]
+    assert again["evaluation_seconds"]["eval-seed0"] > first["evaluation_seconds"]["eval-seed0"]  # summed over runs
