@@ -226,7 +226,8 @@ def test_command_stages_a_folder_a_fresh_process_loads_with_remote_code(student_
                              str(tmp_path / "h.pt")], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     ours = torch.stack(_hidden_states(AutoModel.from_pretrained(student_dir).eval(), audio))
-    torch.testing.assert_close(torch.load(tmp_path / "h.pt"), ours, rtol=0, atol=0)
+    # the same weights and code; only the thread count (hence the order of float sums) may differ between processes
+    torch.testing.assert_close(torch.load(tmp_path / "h.pt"), ours, rtol=0, atol=1e-5)
 
 
 def test_command_mistakes_fail_with_one_line(tmp_path, student_dir):
