@@ -3,7 +3,11 @@
     accelerate launch train.py configs/demo.yaml [--field value ...]
 """
 
-from hf_corrdistill.cli import main
+import os
+
+os.environ.setdefault("HF_CORRDISTILL_DEFER_MODELS", "1")  # configuration checks first, model code after them
+
+from hf_corrdistill.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

@@ -1,50 +1,77 @@
-"""hf-corrdistill: noise-robust distillation of self-supervised speech models via correlation metrics."""
+"""hf-corrdistill: noise-robust distillation of self-supervised speech models via correlation metrics.
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForAudioClassification,
-    AutoModelForCTC,
-    AutoModelForPreTraining,
-    AutoProcessor,
-    Wav2Vec2Processor,
-)
+`import hf_corrdistill` registers the models with the transformers Auto classes. The model code is heavy to import,
+so train.py sets HF_CORRDISTILL_DEFER_MODELS=1 to check its configuration first and calls `register_auto_classes()`
+once the checks have passed; the model classes are then imported on first use.
+"""
+
+import importlib
+import os
+from typing import Any
+
+from transformers import AutoConfig
 
 from .configuration_corrdistill import CorrDistillConfig
 from .losses import CorrelationLossOutput, DistilHubertLossOutput, correlation_loss, distilhubert_loss
-from .modeling_corrdistill import (
-    CorrDistillForCTC,
-    CorrDistillForPreTraining,
-    CorrDistillForSequenceClassification,
-    CorrDistillModel,
-    CorrDistillPreTrainedModel,
-)
 
 __version__ = "0.1.0"
 
-AutoConfig.register(CorrDistillConfig.model_type, CorrDistillConfig, exist_ok=True)
-AutoModel.register(CorrDistillConfig, CorrDistillModel, exist_ok=True)
-AutoModelForPreTraining.register(CorrDistillConfig, CorrDistillForPreTraining, exist_ok=True)
-AutoModelForAudioClassification.register(CorrDistillConfig, CorrDistillForSequenceClassification, exist_ok=True)
-AutoModelForCTC.register(CorrDistillConfig, CorrDistillForCTC, exist_ok=True)
-# As for HuBERT: a CTC folder (feature extractor + tokenizer) loads as one processor (the stock CTC script needs it).
-AutoProcessor.register(CorrDistillConfig, Wav2Vec2Processor, exist_ok=True)
-# Saved folders carry `auto_map` and the code, so `trust_remote_code=True` loads them without this package.
-CorrDistillConfig.register_for_auto_class()
-CorrDistillModel.register_for_auto_class("AutoModel")
-CorrDistillForPreTraining.register_for_auto_class("AutoModelForPreTraining")
-CorrDistillForSequenceClassification.register_for_auto_class("AutoModelForAudioClassification")
-CorrDistillForCTC.register_for_auto_class("AutoModelForCTC")
-
-__all__ = [
-    "CorrDistillConfig",
+DEFER_ENV = "HF_CORRDISTILL_DEFER_MODELS"
+_MODEL_CLASSES = (
     "CorrDistillForCTC",
     "CorrDistillForPreTraining",
     "CorrDistillForSequenceClassification",
     "CorrDistillModel",
     "CorrDistillPreTrainedModel",
+)
+
+AutoConfig.register(CorrDistillConfig.model_type, CorrDistillConfig, exist_ok=True)
+# Saved folders carry `auto_map` and the code, so `trust_remote_code=True` loads them without this package.
+CorrDistillConfig.register_for_auto_class()
+
+
+def register_auto_classes() -> None:
+    """Register the models with AutoModel, AutoModelForPreTraining, AutoModelForAudioClassification, AutoModelForCTC
+    and AutoProcessor, and for `auto_map` in saved configs. Safe to call more than once."""
+    from transformers import (
+        AutoModel,
+        AutoModelForAudioClassification,
+        AutoModelForCTC,
+        AutoModelForPreTraining,
+        AutoProcessor,
+        Wav2Vec2Processor,
+    )
+
+    from . import modeling_corrdistill as modeling
+
+    AutoModel.register(CorrDistillConfig, modeling.CorrDistillModel, exist_ok=True)
+    AutoModelForPreTraining.register(CorrDistillConfig, modeling.CorrDistillForPreTraining, exist_ok=True)
+    AutoModelForAudioClassification.register(CorrDistillConfig, modeling.CorrDistillForSequenceClassification,
+                                             exist_ok=True)
+    AutoModelForCTC.register(CorrDistillConfig, modeling.CorrDistillForCTC, exist_ok=True)
+    # As for HuBERT: a CTC folder (feature extractor + tokenizer) loads as one processor (the stock CTC script uses it)
+    AutoProcessor.register(CorrDistillConfig, Wav2Vec2Processor, exist_ok=True)
+    modeling.CorrDistillModel.register_for_auto_class("AutoModel")
+    modeling.CorrDistillForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+    modeling.CorrDistillForSequenceClassification.register_for_auto_class("AutoModelForAudioClassification")
+    modeling.CorrDistillForCTC.register_for_auto_class("AutoModelForCTC")
+
+
+def __getattr__(name: str) -> Any:  # the model classes, imported on first use
+    if name in _MODEL_CLASSES:
+        return getattr(importlib.import_module(".modeling_corrdistill", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if os.environ.get(DEFER_ENV) != "1":
+    register_auto_classes()
+
+__all__ = [
+    "CorrDistillConfig",
+    *_MODEL_CLASSES,
     "CorrelationLossOutput",
     "DistilHubertLossOutput",
     "correlation_loss",
     "distilhubert_loss",
+    "register_auto_classes",
 ]

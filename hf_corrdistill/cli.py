@@ -15,6 +15,7 @@ import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
+from . import register_auto_classes
 from .configuration_corrdistill import CorrDistillConfig
 from .data import (
     AudioCollator,
@@ -24,9 +25,7 @@ from .data import (
     load_audio_source,
 )
 from .hub import check_can_push, check_repo_id, push_student
-from .modeling_corrdistill import CorrDistillForPreTraining
 from .teacher import check_compatible, init_student_from_teacher, load_teacher, load_teacher_config
-from .trainer import DistillationTrainer
 from .training_args import DataArguments, DistillationConfig
 from .views import PRESET_BUILDERS, Distorter, NoiseBank, ViewMaker, load_impulse_responses
 
@@ -227,6 +226,11 @@ def main(argv: list[str] | None = None) -> None:
         resume = check_output_dir(args, data)
         views = build_views(data, args.weighting if args.loss == "correlation" else "fixed")
         train_dataset, eval_dataset = _datasets(data, args.seed, views, args.per_device_train_batch_size)
+        # Only now the model code: a configuration mistake fails in seconds (train.py defers the registration).
+        register_auto_classes()
+        from .modeling_corrdistill import CorrDistillForPreTraining
+        from .trainer import DistillationTrainer
+
         set_seed(args.seed)
         teacher = load_teacher(args.teacher_name_or_path, getattr(torch, args.teacher_dtype))
         student = CorrDistillForPreTraining(student_config)

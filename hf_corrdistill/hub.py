@@ -17,7 +17,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token, is_offline_mode
@@ -26,10 +26,11 @@ from transformers import AutoConfig, AutoFeatureExtractor
 
 from .configuration_corrdistill import CorrDistillConfig
 from .data import SAMPLE_RATE, default_feature_extractor
-from .export import to_hubert
-from .modeling_corrdistill import CorrDistillForPreTraining, CorrDistillModel
 from .superb.upstream import file_digest
 from .training_args import EXPORT_FORMATS
+
+if TYPE_CHECKING:  # the model code loads when a student does: train.py's start-up checks do not need it
+    from .modeling_corrdistill import CorrDistillForPreTraining, CorrDistillModel
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ SUPERB_TASKS = {  # eval_superb.py task: (task_type, task name)
     "ic": ("audio-classification", "Intent classification (SUPERB IC protocol)"),
     "asr": ("automatic-speech-recognition", "Speech recognition (SUPERB ASR protocol)"),
 }
-_STUDENT_CLASSES = {"CorrDistillForPreTraining": CorrDistillForPreTraining, "CorrDistillModel": CorrDistillModel}
+STUDENT_CLASSES = ("CorrDistillForPreTraining", "CorrDistillModel")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -89,8 +90,10 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def load_student(student_dir: str | Path) -> CorrDistillModel | CorrDistillForPreTraining:
+def load_student(student_dir: str | Path) -> "CorrDistillModel | CorrDistillForPreTraining":
     """The distilled student saved in ``student_dir``, every weight accounted for."""
+    from . import modeling_corrdistill
+
     folder = Path(student_dir)
     if not (folder / "config.json").is_file():
         raise PushError(f"{folder} holds no config.json: not a saved student")
@@ -98,10 +101,11 @@ def load_student(student_dir: str | Path) -> CorrDistillModel | CorrDistillForPr
     if not isinstance(config, CorrDistillConfig):
         raise PushError(f"{folder} holds a {config.model_type!r} model, not a corrdistill student")
     architecture = (config.architectures or ["CorrDistillModel"])[0]
-    if architecture not in _STUDENT_CLASSES:
+    if architecture not in STUDENT_CLASSES:
         raise PushError(f"{folder} holds a {architecture}; push publishes distilled students "
-                        f"({', '.join(_STUDENT_CLASSES)})")
-    model, info = _STUDENT_CLASSES[architecture].from_pretrained(folder, output_loading_info=True)
+                        f"({', '.join(STUDENT_CLASSES)})")
+    student_class = getattr(modeling_corrdistill, architecture)
+    model, info = student_class.from_pretrained(folder, output_loading_info=True)
     missing = [k for k in info["missing_keys"] if not k.endswith("masked_spec_embed")]
     if missing or info["unexpected_keys"]:
         raise PushError(f"{folder}: weights do not fit the config (missing {missing[:3]}, unexpected "
@@ -109,7 +113,7 @@ def load_student(student_dir: str | Path) -> CorrDistillModel | CorrDistillForPr
     return model.eval()
 
 
-def _hubert_difference(backbone: CorrDistillModel, hubert) -> float:
+def _hubert_difference(backbone: "CorrDistillModel", hubert) -> float:
     """Largest absolute difference of all hidden states on one second of fixed random audio."""
     audio = torch.randn(1, SAMPLE_RATE, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -270,13 +274,15 @@ def stage(student_dir: str | Path, output_dir: str | Path, repo_id: str, *, expo
           datasets: list[str] | None = None, base_model: str | None = None,
           template: str | Path = TEMPLATE) -> list[str]:
     """Write into ``output_dir`` exactly what `push_student` uploads; returns the file names."""
+    from .export import to_hubert
+
     check_repo_id(repo_id)
     if export_format not in EXPORT_FORMATS:
         raise PushError(f"export_format must be one of {EXPORT_FORMATS}, got {export_format!r}")
     folder, output = Path(student_dir), Path(output_dir)
     table = superb_results(results, folder, results_upstream) if results else None
     student = load_student(folder)
-    backbone = student.corrdistill if isinstance(student, CorrDistillForPreTraining) else student
+    backbone = getattr(student, "corrdistill", student)  # the backbone of a ForPreTraining student
     output.mkdir(parents=True, exist_ok=True)
     facts: dict[str, Any] = {"parameters_m": f"{backbone.num_parameters() / 1e6:.2f}"}
     if export_format == "native":

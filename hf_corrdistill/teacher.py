@@ -4,12 +4,17 @@ import logging
 import os
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedConfig
 
 from .configuration_corrdistill import CorrDistillConfig
-from .modeling_corrdistill import CorrDistillForPreTraining
+
+if TYPE_CHECKING:  # the checks above need configs only, so train.py fails fast without loading the model code
+    from transformers import PreTrainedModel
+
+    from .modeling_corrdistill import CorrDistillForPreTraining
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +58,7 @@ def load_teacher_config(name_or_path: str) -> PreTrainedConfig:
         raise TeacherError(detail if local else _hub_hint(name_or_path)) from error
 
 
-def load_teacher(name_or_path: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+def load_teacher(name_or_path: str, dtype: torch.dtype = torch.float32) -> "PreTrainedModel":
     """Load an audio encoder with `AutoModel`, frozen and in eval mode (layerdrop off, so no layer goes missing)."""
     try:
         teacher = AutoModel.from_pretrained(name_or_path, dtype=dtype)
@@ -88,7 +93,7 @@ def check_compatible(student: CorrDistillConfig, teacher: PreTrainedConfig, teac
 
 
 def teacher_targets(
-    teacher: PreTrainedModel,
+    teacher: "PreTrainedModel",
     input_values: torch.Tensor,
     attention_mask: torch.Tensor | None,
     layer_ids: tuple[int, ...],
@@ -104,7 +109,7 @@ def teacher_targets(
 _SHARED_PREFIXES = ("feature_extractor.", "feature_projection.", "encoder.pos_conv_embed.", "encoder.layer_norm.")
 
 
-def init_student_from_teacher(student: CorrDistillForPreTraining, teacher: PreTrainedModel) -> list[str]:
+def init_student_from_teacher(student: "CorrDistillForPreTraining", teacher: "PreTrainedModel") -> list[str]:
     """Copy CNN, projection, positional conv, encoder LayerNorm and the first K layers of the teacher.
 
     Parameters are matched by name (the student mirrors HuBERT's names). A student parameter in those groups that

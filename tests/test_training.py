@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
@@ -101,6 +102,33 @@ def test_paper_config_fails_fast_without_the_hub():
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("configuration error:") and "facebook/hubert-base-ls960" in last and "Hub" in last
     assert elapsed < 30, elapsed  # seconds, most of them spent importing torch and transformers
+
+
+def test_train_py_checks_its_configuration_before_loading_the_model_code():
+    """train.py defers the model code (processors, Trainer, our modeling) until the checks have passed, so a mistake
+    costs only the imports TrainingArguments needs; the Auto classes are registered once the checks pass."""
+    probe = textwrap.dedent("""
+        import os, sys
+        os.environ["HF_CORRDISTILL_DEFER_MODELS"] = "1"
+        from hf_corrdistill.cli import main
+        try:
+            main(["configs/tiny.yaml", "--snr_min", "10", "--snr_max", "0"])
+        except SystemExit as error:
+            print("exit:", error)
+        heavy = ["hf_corrdistill.modeling_corrdistill", "transformers.processing_utils", "transformers.trainer"]
+        print("loaded:", [name for name in heavy if name in sys.modules])
+        import hf_corrdistill
+        from transformers import AutoModel
+        hf_corrdistill.register_auto_classes()
+        hf_corrdistill.register_auto_classes()  # twice is fine
+        print("registered:", AutoModel._model_mapping[hf_corrdistill.CorrDistillConfig].__name__)
+    """)
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert "exit: configuration error: inverted SNR range" in lines[0]
+    assert lines[1] == "loaded: []"
+    assert lines[2] == "registered: CorrDistillModel"
 
 
 # ---------------------------------------------------------------- the Trainer
