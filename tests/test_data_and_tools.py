@@ -1,5 +1,6 @@
 """Audio sources, decoding, crops and padding; the demo generator; benchmark smoke runs."""
 
+import json
 import subprocess
 import sys
 
@@ -126,6 +127,32 @@ def test_bench_data_smoke():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "real-time factor per worker" in result.stdout
+
+
+def test_bench_step_smoke(tmp_path):
+    output = tmp_path / "step.json"
+    result = subprocess.run([sys.executable, "benchmarks/bench_step.py", "--size", "tiny", "--repeats", "2",
+                             "--warmup", "1", "--teacher_dtype", "bfloat16", "--output", str(output)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(output.read_text())
+    assert figures == json.loads(result.stdout)
+    assert set(figures["part_share"]) == {"teacher_forward", "student_forward", "loss", "backward", "optimizer"}
+    assert sum(figures["part_share"].values()) == pytest.approx(1.0)
+    assert figures["audio_seconds_per_second"] == pytest.approx(4 * 2.0 / figures["step_seconds_median"])
+    assert 0 < figures["teacher_loss_relative_difference"] < 1e-2  # a bf16 teacher changes the loss, a little
+
+
+def test_bench_s3prl_smoke():
+    """Same architecture as s3prl's DistilHuBERT: equal parameter counts; both timed in one process."""
+    result = subprocess.run([sys.executable, "benchmarks/bench_s3prl.py", "--batch", "2", "--seconds", "1",
+                             "--repeats", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(result.stdout)
+    assert figures["parameters_m"]["ours"] == figures["parameters_m"]["s3prl"]
+    assert set(figures["median_seconds"]) == {"s3prl", "ours-kd", "ours-cl"}
+    median = figures["median_seconds"]
+    assert figures["ratio_ours_cl_to_s3prl"] == median["ours-cl"] / median["s3prl"]
 
 
 def test_parquet_source(tmp_path):
