@@ -155,6 +155,13 @@ def test_bench_s3prl_smoke():
     assert figures["ratio_ours_cl_to_s3prl"] == median["ours-cl"] / median["s3prl"]
 
 
+def test_bench_startup_smoke():
+    result = subprocess.run([sys.executable, "benchmarks/bench_startup.py", "--repeats", "1"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert set(json.loads(result.stdout)["median_seconds"]) == {"failing train.py", "import package", "floor"}
+
+
 def test_parquet_source(tmp_path):
     import datasets
 
