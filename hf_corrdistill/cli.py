@@ -120,8 +120,8 @@ def build_views(data: DataArguments, weighting: str = "fixed") -> ViewMaker | No
 
 
 RUN_CONFIG = "run_config.json"
-_SCHEDULE_FIELDS = {"max_steps", "num_train_epochs"}  # may change when a run is resumed to go on longer
-_PUBLISHING_FIELDS = {"export_format"}  # how the student is published, not what is trained
+# Not part of a run's identity: its schedule (may grow on resume), how the student is published, how fast it runs.
+_FREE_FIELDS = {"max_steps", "num_train_epochs", "export_format", "cudnn_benchmark"}
 
 
 def run_identity(args: DistillationConfig, data: DataArguments) -> dict:
@@ -132,7 +132,7 @@ def run_identity(args: DistillationConfig, data: DataArguments) -> dict:
     chosen = ours | {"seed", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
                      "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "warmup_steps",
                      "lr_scheduler_type", "bf16", "fp16"}
-    identity = {name: getattr(args, name) for name in sorted(chosen - _SCHEDULE_FIELDS - _PUBLISHING_FIELDS)}
+    identity = {name: getattr(args, name) for name in sorted(chosen - _FREE_FIELDS)}
     identity.update({f"data.{k}": v for k, v in dataclasses.asdict(data).items() if not k.startswith("eval")})
     return json.loads(json.dumps(identity, default=str))
 
@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
         from .trainer import DistillationTrainer
 
         set_seed(args.seed)
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark
         teacher = load_teacher(args.teacher_name_or_path, getattr(torch, args.teacher_dtype))
         student = CorrDistillForPreTraining(student_config)
         if args.init_from_teacher:

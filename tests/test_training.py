@@ -391,6 +391,9 @@ def test_output_folder_of_another_run_is_refused(tmp_path, demo_data):
     record = json.loads((out / "run_config.json").read_text())
     (out / "run_config.json").write_text(json.dumps({k: v for k, v in record.items() if k != "correlation_sync"}))
     main([TINY_CONFIG, "--output_dir", str(out), *FAST, "--max_steps", "2", "--save_strategy", "no"])
+    # speed settings are not part of the run: the same folder takes them
+    main([TINY_CONFIG, "--output_dir", str(out), *FAST, "--max_steps", "2", "--save_strategy", "no",
+          "--cudnn_benchmark", "true"])
     with pytest.raises(SystemExit, match="holds a different run.*correlation_sync"):
         main([TINY_CONFIG, "--output_dir", str(out), *FAST, "--max_steps", "2", "--correlation_sync", "global"])
     (tmp_path / "foreign" / "checkpoint-5").mkdir(parents=True)
