@@ -1,4 +1,4 @@
-"""benchmarks/reproduce.py end to end with tiny settings: six students, two seeds, one task, results that add up."""
+"""benchmarks/reproduce.py end to end with tiny settings: seven students, two seeds, one task, results that add up."""
 
 import importlib.util
 import json
@@ -46,20 +46,22 @@ def test_every_student_seed_and_condition_is_scored(smoke):
             assert table[model]["clean"]["values"][saved["seeds"].index(int(seed))] == result["test"]["clean"]
     markdown = (output / "results.md").read_text()
     assert "e: L_CL no self-corr., Setup 2" in markdown and "+-" in markdown
-    assert saved["steps"] == 2 and len(saved["distillation_seconds"]) == 12
+    assert saved["steps"] == 2 and len(saved["distillation_seconds"]) == 14
     assert set(saved["evaluation_seconds"]) == {"eval-seed0", "eval-seed1"} and saved["compute_seconds"] > 0
 
 
 def test_students_differ_only_in_their_objective_and_views(smoke):
     _, output, _, _ = smoke
     configs = {name: json.loads((output / "work" / "students" / f"{name}-seed1" / "run_config.json").read_text())
-               for name in "abcdef"}
+               for name in "abcdefg"}
     assert configs["a"]["loss"] == "distilhubert" and configs["a"]["data.views"] == "clean"
     assert configs["b"]["loss"] == "distilhubert" and configs["b"]["data.views"] == "setup2"
     assert configs["d"]["weighting"] == "snr" and configs["e"]["lambda_self"] == 0
     assert configs["f"]["correlation_style"] == "frames" and configs["c"]["correlation_style"] == "batch"
+    assert configs["g"]["lambda_cross"] == pytest.approx(100 * configs["c"]["lambda_cross"])
+    assert configs["g"]["lambda_self"] == pytest.approx(1e5 * configs["c"]["lambda_self"])
     differing = {key for key in configs["a"] if len({json.dumps(c[key]) for c in configs.values()}) > 1}
-    assert differing == {"loss", "data.views", "weighting", "lambda_self", "correlation_style"}
+    assert differing == {"loss", "data.views", "weighting", "lambda_cross", "lambda_self", "correlation_style"}
     assert all(c["seed"] == 1 and c["data.noise_sources"] == configs["b"]["data.noise_sources"]
                for c in configs.values())
 
@@ -71,6 +73,6 @@ def test_a_second_run_reuses_students_and_heads(smoke, caplog):
     with caplog.at_level("INFO"):
         again = reproduce.main(argv)
     assert weights.stat().st_mtime_ns == stamp
-    assert sum("reusing" in r.getMessage() for r in caplog.records if r.name == "reproduce") == 12
+    assert sum("reusing" in r.getMessage() for r in caplog.records if r.name == "reproduce") == 2 * len(reproduce.STUDENTS)
     assert again["results"] == first["results"]
     assert again["evaluation_seconds"]["eval-seed0"] > first["evaluation_seconds"]["eval-seed0"]  # summed over runs
