@@ -73,6 +73,7 @@ def test_a_second_run_reuses_students_and_heads(smoke, caplog):
     with caplog.at_level("INFO"):
         again = reproduce.main(argv)
     assert weights.stat().st_mtime_ns == stamp
-    assert sum("reusing" in r.getMessage() for r in caplog.records if r.name == "reproduce") == 2 * len(reproduce.STUDENTS)
+    reused = sum("reusing" in r.getMessage() for r in caplog.records if r.name == "reproduce")
+    assert reused == 2 * len(reproduce.STUDENTS)  # every student of both seeds
     assert again["results"] == first["results"]
     assert again["evaluation_seconds"]["eval-seed0"] > first["evaluation_seconds"]["eval-seed0"]  # summed over runs
