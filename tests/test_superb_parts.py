@@ -123,6 +123,18 @@ def test_arguments_fail_early():
     assert parse(["--upstream", "a", "--quick", "--snrs", "clean"]).head_settings["asr"].steps == 300
 
 
+def test_learning_rate_per_task():
+    rates = {task: s.learning_rate for task, s in parse(["--upstream", "a", "--snrs", "clean"]).head_settings.items()}
+    assert rates == {"ks": 1e-4, "ic": 1e-4, "asr": 1e-4}  # SUPERB's
+    args = parse(["--upstream", "a", "--snrs", "clean", "--learning_rate", "1e-3", "asr=3e-3"])
+    assert {task: s.learning_rate for task, s in args.head_settings.items()} == {"ks": 1e-3, "ic": 1e-3, "asr": 3e-3}
+    args = parse(["--upstream", "a", "--snrs", "clean", "--learning_rate", "ic=5e-4"])
+    assert [s.learning_rate for s in args.head_settings.values()] == [1e-4, 5e-4, 1e-4]
+    for bad in ("ks=fast", "-1e-3", "0", "nan", "sid=1e-3"):
+        with pytest.raises(ValueError, match="--learning_rate"):
+            EvalArguments(upstream=["fbank"], snrs=["clean"], learning_rate=[bad])
+
+
 def _tiny(config_class, **extra):
     return config_class(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                         conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, **extra)

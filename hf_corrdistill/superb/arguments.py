@@ -10,16 +10,22 @@ from .downstream import PROFILES, HeadSettings
 TASKS = ("ks", "ic", "asr")
 
 
-def _per_task(values: list[str], name: str) -> dict[str, int]:
-    """["500"] -> every task 500; ["ks=500", "asr=2000"] -> those tasks."""
+def _per_task(values: list[str], name: str, kind: type = int) -> dict[str, int | float]:
+    """["500"] -> every task 500; ["ks=500", "asr=2000"] -> those tasks; later entries win. Values are positive
+    numbers of ``kind`` (int or float)."""
     parsed = {}
     for value in values:
         task, _, number = value.rpartition("=")
         if task and task not in TASKS:
             raise ValueError(f"--{name}: unknown task {task!r} in {value!r} (tasks: {', '.join(TASKS)})")
-        if not number.isdigit() or int(number) <= 0:
-            raise ValueError(f"--{name} takes positive integers, optionally as TASK=N, not {value!r}")
-        parsed.update({t: int(number) for t in ([task] if task else TASKS)})
+        try:
+            parsed_number = kind(number)
+        except ValueError:
+            parsed_number = 0
+        if not parsed_number > 0:
+            raise ValueError(f"--{name} takes positive {'integers' if kind is int else 'numbers'}, optionally as "
+                             f"TASK=N, not {value!r}")
+        parsed.update({t: parsed_number for t in ([task] if task else TASKS)})
     return parsed
 
 
@@ -66,7 +72,9 @@ class EvalArguments:
     eval_steps: list[str] = field(default_factory=list, metadata={
         "help": "Dev evaluation interval: N, or TASK=N entries."})
     batch_size: int = field(default=32, metadata={"help": "Head training batch size."})
-    learning_rate: float = field(default=1e-4, metadata={"help": "Adam learning rate of the heads."})
+    learning_rate: list[str] = field(default_factory=list, metadata={
+        "help": f"Adam learning rate of the heads: X, or TASK=X entries (default SUPERB's "
+                f"{HeadSettings.learning_rate})."})
     asr_size: int | None = field(default=None, metadata={
         "help": "ASR head width: projection and BiLSTM units per direction (default SUPERB's 1024; 128 with --quick, "
                 "which a CPU trains in minutes)."})
@@ -96,12 +104,14 @@ class EvalArguments:
         if len(self.asr_splits) != 3 or len(self.dataset_splits) != 3:
             raise ValueError("--asr_splits and --dataset_splits take three names: train, dev, test")
         steps, eval_steps = _per_task(self.steps, "steps"), _per_task(self.eval_steps, "eval_steps")
+        rates = _per_task(self.learning_rate, "learning_rate", float)
         profile = PROFILES["quick" if self.quick else "superb"]
         self.head_settings: dict[str, HeadSettings] = {}
         for task in self.tasks:
             total = steps.get(task, profile[task].steps)
             every = min(eval_steps.get(task, profile[task].eval_steps), total)
-            self.head_settings[task] = HeadSettings(total, every, self.batch_size, self.learning_rate)
+            self.head_settings[task] = HeadSettings(total, every, self.batch_size,
+                                                     rates.get(task, HeadSettings.learning_rate))
         if self.asr_size is None:
             self.asr_size = 128 if self.quick else 1024
         if self.batch_size < 1 or self.upstream_batch_size < 1 or self.asr_size < 1:
