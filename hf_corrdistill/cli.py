@@ -10,6 +10,8 @@ import logging
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import torch
 import yaml
@@ -24,7 +26,6 @@ from .data import (
     default_feature_extractor,
     load_audio_source,
 )
-from .hub import check_can_push, check_repo_id, push_student
 from .teacher import check_compatible, init_student_from_teacher, load_teacher, load_teacher_config
 from .training_args import DataArguments, DistillationConfig
 from .views import PRESET_BUILDERS, Distorter, NoiseBank, ViewMaker, load_impulse_responses
@@ -36,8 +37,12 @@ class ConfigError(ValueError):
     """A configuration mistake, reported before any work starts."""
 
 
-def parse_args(argv: list[str]) -> tuple[DistillationConfig, DataArguments]:
-    """YAML file (first argument, optional) gives defaults; ``--field value`` flags override; unknown keys fail."""
+Settings = DistillationConfig | SimpleNamespace  # a config, or its preview (the same fields, not yet built)
+
+
+def read_config(argv: list[str]) -> dict[str, Any]:
+    """YAML file (first argument, optional) gives defaults; ``--field value`` flags override; unknown keys fail.
+    The values as given: nothing is built or checked beyond their names and the flags' types."""
     parser = HfArgumentParser((DistillationConfig, DataArguments), exit_on_error=False)
     values: dict = {}
     if argv and argv[0].endswith((".yaml", ".yml")):
@@ -64,10 +69,40 @@ def parse_args(argv: list[str]) -> tuple[DistillationConfig, DataArguments]:
     values.update(vars(flags))
     if _launched_processes() > 1 and not torch.cuda.is_available():
         values.setdefault("use_cpu", True)  # several processes and no GPU: DDP on the CPU over gloo
+    return values
+
+
+def _split(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(DistillationConfig values, DataArguments values)."""
+    data_fields = {f.name for f in dataclasses.fields(DataArguments)}
+    return ({k: v for k, v in values.items() if k not in data_fields},
+            {k: v for k, v in values.items() if k in data_fields})
+
+
+def preview_args(values: dict[str, Any]) -> tuple[SimpleNamespace, DataArguments]:
+    """The run's settings with every check of ours run, in a fraction of a second: a `DistillationConfig.preview`
+    (the config's fields, not yet a TrainingArguments) and the `DataArguments`."""
+    config_values, data_values = _split(values)
     try:
-        return parser.parse_dict(values)
+        return DistillationConfig.preview(config_values), DataArguments(**data_values)
     except (ValueError, TypeError) as error:
         raise ConfigError(str(error)) from error
+
+
+def build_args(values: dict[str, Any]) -> tuple[DistillationConfig, DataArguments]:
+    """The `DistillationConfig` (TrainingArguments' own checks run here: seconds of imports) and `DataArguments`."""
+    config_values, data_values = _split(values)
+    try:
+        return DistillationConfig(**config_values), DataArguments(**data_values)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(str(error)) from error
+
+
+def parse_args(argv: list[str]) -> tuple[DistillationConfig, DataArguments]:
+    """`read_config`, our checks on a preview, then the dataclasses."""
+    values = read_config(argv)
+    preview_args(values)
+    return build_args(values)
 
 
 def _launched_processes() -> int:
@@ -84,7 +119,7 @@ def _warn_single_cpu_process() -> None:
         )
 
 
-def build_student_config(args: DistillationConfig, teacher_config) -> CorrDistillConfig:
+def build_student_config(args: Settings, teacher_config) -> CorrDistillConfig:
     """Student config: file (or DistilHuBERT defaults) + overrides + the teacher's width and predicted layers."""
     config = CorrDistillConfig.from_pretrained(args.student_config) if args.student_config else CorrDistillConfig()
     updates = dict(args.student_overrides or {})
@@ -124,7 +159,7 @@ RUN_CONFIG = "run_config.json"
 _FREE_FIELDS = {"max_steps", "num_train_epochs", "export_format", "cudnn_benchmark"}
 
 
-def run_identity(args: DistillationConfig, data: DataArguments) -> dict:
+def run_identity(args: Settings, data: DataArguments) -> dict:
     """What makes a run this run: teacher, student, objective, data, seed and optimisation (not its schedule,
     logging or output paths)."""
     ours = {f.name for f in dataclasses.fields(DistillationConfig)} - {f.name for f in dataclasses.fields(
@@ -153,8 +188,9 @@ def _setting_defaults() -> dict:
     return json.loads(json.dumps(defaults, default=str))
 
 
-def check_output_dir(args: DistillationConfig, data: DataArguments) -> str | None:
-    """Refuse an output folder holding another run; resolve ``resume_from_checkpoint`` ("last" allowed).
+def check_output_dir(args: Settings, data: DataArguments) -> str | None:
+    """Refuse an output folder holding another run; resolve ``resume_from_checkpoint`` ("last" allowed). Reads only:
+    `record_run` writes the run's record once the run is set up.
 
     Returns the checkpoint to resume from, or None.
     """
@@ -182,10 +218,15 @@ def check_output_dir(args: DistillationConfig, data: DataArguments) -> str | Non
             logger.info("no complete checkpoint in %s: starting from the beginning", output)
     elif resume is not None and not complete_checkpoint(Path(resume)):
         raise ConfigError(f"{resume} is not a complete checkpoint (no readable trainer_state.json)")
+    return resume
+
+
+def record_run(args: DistillationConfig, data: DataArguments) -> None:
+    """Write the run's identity into its output folder (the first process only), for `check_output_dir`."""
+    output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     if args.process_index == 0:
-        saved.write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
-    return resume
+        (output / RUN_CONFIG).write_text(json.dumps(run_identity(args, data), indent=2, sort_keys=True) + "\n")
 
 
 def _datasets(data: DataArguments, seed: int, views: ViewMaker | None, batch_size: int):
@@ -216,15 +257,22 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _warn_single_cpu_process()
     try:
-        args, data = parse_args(sys.argv[1:] if argv is None else argv)
-        if args.push_to_hub:  # an upload that cannot work fails now, not after training
-            check_repo_id(args.hub_model_id)
-            check_can_push(args.hub_token)
-        teacher_config = load_teacher_config(args.teacher_name_or_path)
-        student_config = build_student_config(args, teacher_config)
-        check_compatible(student_config, teacher_config, args.teacher_name_or_path)
-        resume = check_output_dir(args, data)
-        views = build_views(data, args.weighting if args.loss == "correlation" else "fixed")
+        values = read_config(sys.argv[1:] if argv is None else argv)
+        # Every check of ours on a preview of the settings first: building TrainingArguments loads transformers'
+        # modeling code, and a mistake should cost a few seconds of imports, not that too.
+        settings, data = preview_args(values)
+        if settings.push_to_hub:  # an upload that cannot work fails now, not after training
+            from .hub import check_can_push, check_repo_id
+
+            check_repo_id(settings.hub_model_id)
+            check_can_push(settings.hub_token)
+        teacher_config = load_teacher_config(settings.teacher_name_or_path)
+        student_config = build_student_config(settings, teacher_config)
+        check_compatible(student_config, teacher_config, settings.teacher_name_or_path)
+        resume = check_output_dir(settings, data)
+        views = build_views(data, settings.weighting if settings.loss == "correlation" else "fixed")
+        args, data = build_args(values)
+        record_run(args, data)
         train_dataset, eval_dataset = _datasets(data, args.seed, views, args.per_device_train_batch_size)
         # Only now the model code: a configuration mistake fails in seconds (train.py defers the registration).
         register_auto_classes()
@@ -267,6 +315,8 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.output_dir, "distillation_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
         logger.info("student written to %s", args.output_dir)
         if hub_repo:
+            from .hub import push_student
+
             try:
                 push_student(args.output_dir, hub_repo, export_format=args.export_format,
                              private=args.hub_private_repo, token=args.hub_token)

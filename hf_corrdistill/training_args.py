@@ -2,7 +2,8 @@
 
 import inspect
 import json
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
+from types import SimpleNamespace
 from typing import Any, Literal
 
 from transformers import TrainingArguments
@@ -108,40 +109,22 @@ class DistillationConfig(TrainingArguments):
     )
 
     def __post_init__(self):
+        check_distillation_fields(self)  # ours first: they need nothing that TrainingArguments builds
         super().__post_init__()
-        if not self.teacher_name_or_path:
-            raise ValueError("teacher_name_or_path is required: a Hub id or a local folder of an audio encoder")
-        if isinstance(self.student_overrides, str):
-            try:
-                self.student_overrides = json.loads(self.student_overrides)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"student_overrides is not valid JSON: {error}") from error
-        if self.student_overrides is not None and not isinstance(self.student_overrides, dict):
-            raise ValueError(f"student_overrides must be a mapping, got {type(self.student_overrides).__name__}")
-        if self.pred_layers is not None and (not self.pred_layers or min(self.pred_layers) < 1):
-            raise ValueError(f"pred_layers must be teacher layers >= 1, got {self.pred_layers}")
-        for name, allowed in (("loss", LOSSES), ("correlation_style", STYLES), ("weighting", WEIGHTINGS),
-                              ("teacher_dtype", TEACHER_DTYPES), ("export_format", EXPORT_FORMATS),
-                              ("correlation_sync", SYNCS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.pool_positions < 1:
-            raise ValueError(f"pool_positions must be >= 1, got {self.pool_positions}")
-        for name in ("diag_scale", "cross_scale", "self_scale"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("lambda_cross", "lambda_self", "cosine_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.push_to_hub and not self.hub_model_id:
-            raise ValueError("push_to_hub needs hub_model_id: the repository to create or update, as ORG/NAME")
-        if self.push_to_hub and self.hub_revision:
-            raise ValueError("hub_revision is not supported: the student is pushed to the repository's main branch")
-        if self.snr_high <= self.snr_low:
-            raise ValueError(f"snr_high ({self.snr_high}) must exceed snr_low ({self.snr_low})")
-        if self.loss == "correlation" and min(self.per_device_train_batch_size, self.per_device_eval_batch_size) < 2:
-            raise ValueError("the correlation loss needs per_device_train_batch_size and per_device_eval_batch_size "
-                             ">= 2: correlations come from several utterances")
+
+    @classmethod
+    def preview(cls, values: dict[str, Any]) -> SimpleNamespace:
+        """The fields a config built from ``values`` would hold (defaults filled in), after this class's own checks,
+        without building it: `TrainingArguments.__post_init__` imports transformers' integrations and with them
+        the modeling code, seconds on a small machine, so train.py checks a configuration on a preview first."""
+        defaults = {f.name: f.default if f.default is not MISSING else f.default_factory()
+                    for f in fields(cls) if f.init and (f.default is not MISSING or f.default_factory is not MISSING)}
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown field(s) of {cls.__name__}: {', '.join(unknown)}")
+        preview = SimpleNamespace(**{**defaults, **values})
+        check_distillation_fields(preview)
+        return preview
 
     def loss_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the selected loss function, from this config."""
@@ -160,6 +143,43 @@ class DistillationConfig(TrainingArguments):
             "snr_low": self.snr_low,
             "snr_high": self.snr_high,
         }
+
+
+def check_distillation_fields(config: "DistillationConfig | SimpleNamespace") -> None:
+    """`DistillationConfig`'s own checks (not TrainingArguments'); parses a JSON ``student_overrides`` in place."""
+    if not config.teacher_name_or_path:
+        raise ValueError("teacher_name_or_path is required: a Hub id or a local folder of an audio encoder")
+    if isinstance(config.student_overrides, str):
+        try:
+            config.student_overrides = json.loads(config.student_overrides)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"student_overrides is not valid JSON: {error}") from error
+    if config.student_overrides is not None and not isinstance(config.student_overrides, dict):
+        raise ValueError(f"student_overrides must be a mapping, got {type(config.student_overrides).__name__}")
+    if config.pred_layers is not None and (not config.pred_layers or min(config.pred_layers) < 1):
+        raise ValueError(f"pred_layers must be teacher layers >= 1, got {config.pred_layers}")
+    for name, allowed in (("loss", LOSSES), ("correlation_style", STYLES), ("weighting", WEIGHTINGS),
+                          ("teacher_dtype", TEACHER_DTYPES), ("export_format", EXPORT_FORMATS),
+                          ("correlation_sync", SYNCS)):
+        if getattr(config, name) not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {getattr(config, name)!r}")
+    if config.pool_positions < 1:
+        raise ValueError(f"pool_positions must be >= 1, got {config.pool_positions}")
+    for name in ("diag_scale", "cross_scale", "self_scale"):
+        if getattr(config, name) <= 0:
+            raise ValueError(f"{name} must be > 0, got {getattr(config, name)}")
+    for name in ("lambda_cross", "lambda_self", "cosine_weight"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
+    if config.push_to_hub and not config.hub_model_id:
+        raise ValueError("push_to_hub needs hub_model_id: the repository to create or update, as ORG/NAME")
+    if config.push_to_hub and config.hub_revision:
+        raise ValueError("hub_revision is not supported: the student is pushed to the repository's main branch")
+    if config.snr_high <= config.snr_low:
+        raise ValueError(f"snr_high ({config.snr_high}) must exceed snr_low ({config.snr_low})")
+    if config.loss == "correlation" and min(config.per_device_train_batch_size, config.per_device_eval_batch_size) < 2:
+        raise ValueError("the correlation loss needs per_device_train_batch_size and per_device_eval_batch_size "
+                         ">= 2: correlations come from several utterances")
 
 
 @dataclass

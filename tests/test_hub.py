@@ -258,11 +258,13 @@ def _tiny_run(tmp_path: Path) -> list[str]:
 def test_train_push_to_hub_pushes_the_final_student_once(tmp_path, hub_calls, monkeypatch):
     pushed = []
 
+    push_student = hub.push_student
+
     def spy(folder, repo_id, **kwargs):  # records the call, then pushes for real (up to the intercepted upload)
         pushed.append((folder, repo_id, kwargs, sorted(p.name for p in Path(folder).iterdir())))
-        return hub.push_student(folder, repo_id, **kwargs)
+        return push_student(folder, repo_id, **kwargs)
 
-    monkeypatch.setattr(cli, "push_student", spy)
+    monkeypatch.setattr(hub, "push_student", spy)  # train.py imports it from hf_corrdistill.hub when it pushes
     cli.main([*_tiny_run(tmp_path), "--push_to_hub", "--hub_model_id", "x/y", "--export_format", "hubert"])
     out = tmp_path / "run"
     ((folder, repo_id, kwargs, present),) = pushed

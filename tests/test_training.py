@@ -104,18 +104,34 @@ def test_paper_config_fails_fast_without_the_hub():
     assert elapsed < 30, elapsed  # seconds, most of them spent importing torch and transformers
 
 
-def test_train_py_checks_its_configuration_before_loading_the_model_code():
-    """train.py defers the model code (processors, Trainer, our modeling) until the checks have passed, so a mistake
-    costs only the imports TrainingArguments needs; the Auto classes are registered once the checks pass."""
-    probe = textwrap.dedent("""
+MISTAKES = {  # issue-listed configuration mistakes: train.py arguments -> the one line it must print
+    "inverted SNR range": ["configs/tiny.yaml", "--snr_min", "10", "--snr_max", "0"],
+    "exceed the depth": ["configs/demo.yaml", "--pred_layers", "2", "9"],
+    "frame rates differ": ["configs/tiny.yaml", "--student_overrides", '{"conv_stride": [5, 2, 2, 2, 2, 2, 1]}'],
+    "noise source no/such/folder does not exist": ["configs/tiny.yaml", "--noise_sources", "no/such/folder"],
+    "holds a different run": ["configs/tiny.yaml"],  # OUTPUT holds the record of another run
+    "HF_HUB_OFFLINE": ["configs/distilhubert-hubert-base.yaml"],  # a Hub teacher with the Hub out of reach
+}
+
+
+def test_train_py_checks_its_configuration_before_loading_the_model_code(tmp_path):
+    """train.py runs every check of ours before building TrainingArguments (which imports transformers' modeling
+    code) and before the model code (processors, Trainer, our modeling), so a mistake costs only the imports of
+    torch, transformers' argument classes and datasets; the Auto classes are registered once the checks pass."""
+    for index in range(len(MISTAKES)):
+        (tmp_path / str(index)).mkdir()
+    (tmp_path / str(list(MISTAKES).index("holds a different run")) / "run_config.json").write_text('{"seed": -1}')
+    probe = textwrap.dedent(f"""
         import os, sys
         os.environ["HF_CORRDISTILL_DEFER_MODELS"] = "1"
         from hf_corrdistill.cli import main
-        try:
-            main(["configs/tiny.yaml", "--snr_min", "10", "--snr_max", "0"])
-        except SystemExit as error:
-            print("exit:", error)
-        heavy = ["hf_corrdistill.modeling_corrdistill", "transformers.processing_utils", "transformers.trainer"]
+        for index, argv in enumerate({list(MISTAKES.values())!r}):
+            try:
+                main([*argv, "--output_dir", os.path.join({str(tmp_path)!r}, str(index))])
+            except SystemExit as error:
+                print("exit:", error)
+        heavy = ["hf_corrdistill.modeling_corrdistill", "transformers.processing_utils", "transformers.trainer",
+                 "transformers.modeling_utils", "transformers.integrations.integration_utils"]
         print("loaded:", [name for name in heavy if name in sys.modules])
         import hf_corrdistill
         from transformers import AutoModel
@@ -123,12 +139,30 @@ def test_train_py_checks_its_configuration_before_loading_the_model_code():
         hf_corrdistill.register_auto_classes()  # twice is fine
         print("registered:", AutoModel._model_mapping[hf_corrdistill.CorrDistillConfig].__name__)
     """)
-    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
-    assert "exit: configuration error: inverted SNR range" in lines[0]
-    assert lines[1] == "loaded: []"
-    assert lines[2] == "registered: CorrDistillModel"
+    assert len(lines) == len(MISTAKES) + 2, result.stdout
+    for line, message in zip(lines, MISTAKES, strict=False):
+        assert line.startswith("exit: configuration error:") and message in line, (message, line)
+    assert not list(tmp_path.glob("*/checkpoint-*")) and len(list(tmp_path.glob("*/run_config.json"))) == 1
+    assert lines[-2] == "loaded: []"
+    assert lines[-1] == "registered: CorrDistillModel"
+
+
+def test_preview_has_the_settings_of_the_built_config(tmp_path):
+    """The checks before TrainingArguments run on a preview: it must describe the same run as the config."""
+    from hf_corrdistill.cli import build_args, preview_args, read_config, run_identity
+
+    for argv in ([TINY_CONFIG, "--student_overrides", '{"hidden_size": 64, "num_attention_heads": 8}',
+                  "--learning_rate", "3e-4", "--lr_scheduler_type", "cosine", "--bf16", "false", "--seed", "7"],
+                 [str(ROOT / "configs" / "demo.yaml"), "--views", "setup1", "--pred_layers", "1", "3"]):
+        values = read_config([*argv, "--output_dir", str(tmp_path)])
+        (preview, data), (args, built) = preview_args(values), build_args(values)
+        assert run_identity(preview, data) == run_identity(args, built)
+        assert preview.student_overrides == args.student_overrides and preview.output_dir == args.output_dir
 
 
 # ---------------------------------------------------------------- the Trainer
