@@ -73,7 +73,10 @@ INTENTS: dict[tuple[str, str, str], tuple[str, ...]] = {
     ("change language", "none", "none"): ("change language", "switch the language", "language"),
 }
 
-# ASR (LibriSpeech): sentences from a small grammar over some hundreds of words.
+# ASR (LibriSpeech): connected words from a small vocabulary (as TIDIGITS' digit strings), so that a small CTC head
+# learns them within a few hundred steps; the grammar below (some hundreds of words) speaks the unlabelled corpus.
+ASR_WORDS = (*COMMANDS, *UNKNOWN_WORDS)
+ASR_WORD_COUNTS = (3, 5)  # words per ASR sentence, at least and at most (about 0.6-2.4 s)
 ASR_ROOT = "LibriSpeech"
 ASR_FOLDERS = {"train": "train-clean-100", "dev": "dev-clean", "test": "test-clean"}
 DETERMINERS = ("the", "a", "every", "each", "some", "this", "that", "one", "my", "your", "our", "their", "his", "her")
@@ -320,7 +323,7 @@ class Sizes:
     ic_utterances: tuple[int, int, int] = _size(f"intent-classification utterances (train >= {len(INTENTS)} intents)",
                                                  (len(INTENTS),) * 3)
     asr_speakers: tuple[int, int, int] = _size("LibriSpeech speakers (one chapter each)", (2, 1, 1))
-    asr_utterances: tuple[int, int, int] = _size("LibriSpeech utterances", (4, 2, 2))
+    asr_utterances: tuple[int, int, int] = _size("LibriSpeech utterances", (30, 10, 10))
     noise_clips: tuple[int, int, int] = _size("noise clips per category in noise/train, noise/test, noise/unseen",
                                               (1, 1, 1), ("TRAIN", "TEST", "UNSEEN"))
     noise_seconds: float = _size("length of each noise-bank clip", 2.0)
@@ -458,7 +461,7 @@ def _intent_classification(out: Path, speakers: dict[str, list[Speaker]], sizes:
 
 # ---------------------------------------------------------------------------------------------------------- ASR
 def make_sentence(rng: random.Random) -> str:
-    """A lower-case sentence of 4 to 12 words from the grammar."""
+    """A lower-case sentence of 4 to 12 words from the grammar (half of the unlabelled corpus)."""
     words = []
     for slot in rng.choice(TEMPLATES):
         if slot in ("NP", "NPA", "POSS"):
@@ -476,6 +479,14 @@ def make_sentence(rng: random.Random) -> str:
     return " ".join(words)
 
 
+def make_asr_sentence(rng: random.Random) -> str:
+    """A lower-case string of 3 to 5 words of ``ASR_WORDS``, no word twice in a row."""
+    words = [rng.choice(ASR_WORDS)]
+    for _ in range(rng.randint(*ASR_WORD_COUNTS) - 1):
+        words.append(rng.choice([w for w in ASR_WORDS if w != words[-1]]))
+    return " ".join(words)
+
+
 def _asr(out: Path, speakers: dict[str, list[Speaker]], sizes: Sizes, seed: int) -> dict:
     rng = _rng(seed, "asr")
     root = out / ASR_ROOT
@@ -489,13 +500,10 @@ def _asr(out: Path, speakers: dict[str, list[Speaker]], sizes: Sizes, seed: int)
         transcripts: dict[tuple[int, int], list[str]] = {}
         for index in range(count):
             speaker = speakers[split][index % len(speakers[split])]
-            for _ in range(50):  # a new sentence, 2-4 s long if possible
-                text = make_sentence(rng)
-                while text in sentences:
-                    text = make_sentence(rng)
-                audio = utterance_audio(speaker, text)
-                if 2 * SAMPLE_RATE <= audio.size <= 4 * SAMPLE_RATE:
-                    break
+            text = make_asr_sentence(rng)
+            while text in sentences:
+                text = make_asr_sentence(rng)
+            audio = utterance_audio(speaker, text)
             sentences.add(text)
             number, chapter = numbers[speaker]
             lines = transcripts.setdefault((number, chapter), [])

@@ -272,7 +272,9 @@ def test_librispeech_transcripts_match_audio(mini):
         assert sorted(lines) == flacs and len(flacs) == manifest["asr"]["splits"][split]["files"]
         for utterance, text in lines.items():
             speaker, chapter, index = utterance.split("-")
-            assert re.fullmatch(r"\d{4}", index) and re.fullmatch(r"[A-Z' ]+", text) and 4 <= len(text.split()) <= 12
+            words = text.lower().split()
+            assert re.fullmatch(r"\d{4}", index) and len(words) in range(3, 6) and set(words) <= set(sm.ASR_WORDS)
+            assert all(a != b for a, b in zip(words, words[1:], strict=False)), text  # no word twice in a row
             assert (root / sm.ASR_ROOT / folder / speaker / chapter / f"{utterance}.flac").is_file()
         sentences[split] = set(lines.values())
     assert not (sentences["train"] & sentences["dev"] or sentences["train"] & sentences["test"])
