@@ -6,8 +6,9 @@ Each command runs in a fresh interpreter, interleaved, and the median wall time 
   failing train.py    `python train.py configs/demo.yaml --pred_layers 2 9`: layer 9 is beyond the teacher's depth,
                       found after the config is parsed and the teacher's config read (the later checks)
   import package      `python -c "import hf_corrdistill"` (registers every Auto class: the model code loads)
-  floor               `python -c "import torch, transformers; transformers.TrainingArguments"`: what building
-                      train.py's arguments imports anyway (TrainingArguments loads transformers' modeling code)
+  TrainingArguments   `import torch, transformers` and building a `TrainingArguments`, whose __post_init__ imports
+                      transformers' integrations and modeling code: what train.py's checks run before
+  floor               `import torch, datasets` and the argument classes train.py parses with, not built
 """
 
 import argparse
@@ -23,7 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {
     "failing train.py": [sys.executable, "train.py", "configs/demo.yaml", "--pred_layers", "2", "9"],
     "import package": [sys.executable, "-c", "import hf_corrdistill"],
-    "floor": [sys.executable, "-c", "import torch, transformers; transformers.TrainingArguments(output_dir='x')"],
+    "TrainingArguments": [sys.executable, "-c",
+                          "import torch, transformers; transformers.TrainingArguments(output_dir='x')"],
+    "floor": [sys.executable, "-c",
+              "import torch, datasets; from transformers import HfArgumentParser, TrainingArguments"],
 }
 
 
