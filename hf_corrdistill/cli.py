@@ -271,9 +271,8 @@ def main(argv: list[str] | None = None) -> None:
         check_compatible(student_config, teacher_config, settings.teacher_name_or_path)
         resume = check_output_dir(settings, data)
         views = build_views(data, settings.weighting if settings.loss == "correlation" else "fixed")
+        train_dataset, eval_dataset = _datasets(data, settings.seed, views, settings.per_device_train_batch_size)
         args, data = build_args(values)
-        record_run(args, data)
-        train_dataset, eval_dataset = _datasets(data, args.seed, views, args.per_device_train_batch_size)
         # Only now the model code: a configuration mistake fails in seconds (train.py defers the registration).
         register_auto_classes()
         from .modeling_corrdistill import CorrDistillForPreTraining
@@ -290,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     # The stock Trainer would create the repository at start-up and push at every save: turned off, and the final
     # student alone is pushed by push_student once training has ended.
     hub_repo, args.push_to_hub = (args.hub_model_id if args.push_to_hub else None), False
+    record_run(args, data)  # only now: a run that never started leaves its folder free for the corrected command
     if args.ddp_find_unused_parameters is None:  # every student parameter is used unless layers can be dropped
         args.ddp_find_unused_parameters = student_config.layerdrop > 0
     trainer = DistillationTrainer(

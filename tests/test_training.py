@@ -110,6 +110,7 @@ MISTAKES = {  # issue-listed configuration mistakes: train.py arguments -> the o
     "frame rates differ": ["configs/tiny.yaml", "--student_overrides", '{"conv_stride": [5, 2, 2, 2, 2, 2, 1]}'],
     "noise source no/such/folder does not exist": ["configs/tiny.yaml", "--noise_sources", "no/such/folder"],
     "holds a different run": ["configs/tiny.yaml"],  # OUTPUT holds the record of another run
+    "Couldn't find any data file": ["configs/tiny.yaml", "--train_data", "no/such/data"],
     "HF_HUB_OFFLINE": ["configs/distilhubert-hubert-base.yaml"],  # a Hub teacher with the Hub out of reach
 }
 
@@ -147,6 +148,7 @@ def test_train_py_checks_its_configuration_before_loading_the_model_code(tmp_pat
     assert len(lines) == len(MISTAKES) + 2, result.stdout
     for line, message in zip(lines, MISTAKES, strict=False):
         assert line.startswith("exit: configuration error:") and message in line, (message, line)
+    # a run that never started leaves no record: its folder stays free for the corrected command
     assert not list(tmp_path.glob("*/checkpoint-*")) and len(list(tmp_path.glob("*/run_config.json"))) == 1
     assert lines[-2] == "loaded: []"
     assert lines[-1] == "registered: CorrDistillModel"
