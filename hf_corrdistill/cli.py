@@ -190,7 +190,7 @@ def _setting_defaults() -> dict:
 
 def check_output_dir(args: Settings, data: DataArguments) -> str | None:
     """Refuse an output folder holding another run; resolve ``resume_from_checkpoint`` ("last" allowed). Reads only:
-    `record_run` writes the run's record once the run is set up.
+    `record_run` writes the run's record when training starts.
 
     Returns the checkpoint to resume from, or None.
     """
