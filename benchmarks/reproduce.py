@@ -1,7 +1,7 @@
 """The paper's comparison at small scale: six students (and one of ours) from one teacher, scored by eval_superb.
 
     python -m hf_corrdistill.superb_mini --output data/superb-mini --scale 10      # sets, noise, 2 h corpus
-    python benchmarks/reproduce.py --data data/superb-mini                    # the committed table (~3 h here)
+    python benchmarks/reproduce.py --data data/superb-mini                    # the committed table (~4 h here)
 
 Students (configs/demo.yaml's student and optimiser; equal steps, data and seeds; only the objective and views differ):
   a  L_KD (L1 + cosine), clean input            d  L_CL, `snr` weighting, Setup 2 views
