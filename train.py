@@ -7,7 +7,7 @@ import os
 
 os.environ.setdefault("HF_CORRDISTILL_DEFER_MODELS", "1")  # configuration checks first, model code after them
 
-from hf_corrdistill.cli import main  # noqa: E402
+from hf_corrdistill.training.train_cli import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

@@ -23,8 +23,9 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
-from hf_corrdistill.data import SAMPLE_RATE, CroppedAudioDataset, decode_audio, load_audio_source  # noqa: E402
-from hf_corrdistill.views import PRESET_BUILDERS, Distorter, NoiseBank, ViewMaker, only_kind  # noqa: E402
+from hf_corrdistill.data.crops import CroppedAudioDataset  # noqa: E402
+from hf_corrdistill.data.sources import SAMPLE_RATE, decode_audio, load_audio_source  # noqa: E402
+from hf_corrdistill.data.views import PRESET_BUILDERS, Distorter, NoiseBank, ViewMaker, only_kind  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo_data"

@@ -31,7 +31,7 @@ from transformers import HubertConfig, HubertModel  # noqa: E402
 
 from hf_corrdistill import CorrDistillConfig, CorrDistillForPreTraining  # noqa: E402
 from hf_corrdistill.losses import correlation_loss, distilhubert_loss  # noqa: E402
-from hf_corrdistill.teacher import teacher_targets  # noqa: E402
+from hf_corrdistill.training.teacher import teacher_targets  # noqa: E402
 
 PARTS = ("teacher_forward", "student_forward", "loss", "backward", "optimizer")
 SAMPLE_RATE = 16_000

@@ -1,6 +1,6 @@
 """The paper's comparison at small scale: six students (and one of ours) from one teacher, scored by eval_superb.
 
-    python -m hf_corrdistill.superb_mini --output data/superb-mini --scale 10      # sets, noise, 2 h corpus
+    python -m hf_corrdistill.tools.superb_mini --output data/superb-mini --scale 10      # sets, noise, 2 h corpus
     python benchmarks/reproduce.py --data data/superb-mini                    # the committed table (~4 h here)
 
 Students (configs/demo.yaml's student and optimiser; equal steps, data and seeds; only the objective and views differ):
@@ -31,10 +31,10 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import torch  # noqa: E402
 
-from hf_corrdistill.cli import main as distil  # noqa: E402
 from hf_corrdistill.superb.arguments import parse as parse_eval  # noqa: E402
 from hf_corrdistill.superb.report import TITLES  # noqa: E402
 from hf_corrdistill.superb.runner import run as evaluate  # noqa: E402
+from hf_corrdistill.training.train_cli import main as distil  # noqa: E402
 
 logger = logging.getLogger("reproduce")
 
@@ -91,7 +91,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     for path in (args.corpus / "train", args.data / "noise" / "train", args.data / "noise" / "test",
                  args.data / "noise" / "unseen", args.config):
         if not path.exists():
-            parser.error(f"{path} does not exist (make the sets with python -m hf_corrdistill.superb_mini)")
+            parser.error(f"{path} does not exist (make the sets with python -m hf_corrdistill.tools.superb_mini)")
     if len(args.seeds) < 2:
         logger.warning("one seed: no standard deviation")
     return args

@@ -11,8 +11,8 @@ from typing import Any
 
 from transformers import AutoConfig
 
-from .configuration_corrdistill import CorrDistillConfig
 from .losses import CorrelationLossOutput, DistilHubertLossOutput, correlation_loss, distilhubert_loss
+from .models.corrdistill.configuration_corrdistill import CorrDistillConfig
 
 __version__ = "0.1.0"
 
@@ -42,7 +42,7 @@ def register_auto_classes() -> None:
         Wav2Vec2Processor,
     )
 
-    from . import modeling_corrdistill as modeling
+    from .models.corrdistill import modeling_corrdistill as modeling
 
     AutoModel.register(CorrDistillConfig, modeling.CorrDistillModel, exist_ok=True)
     AutoModelForPreTraining.register(CorrDistillConfig, modeling.CorrDistillForPreTraining, exist_ok=True)
@@ -59,7 +59,7 @@ def register_auto_classes() -> None:
 
 def __getattr__(name: str) -> Any:  # the model classes, imported on first use
     if name in _MODEL_CLASSES:
-        return getattr(importlib.import_module(".modeling_corrdistill", __name__), name)
+        return getattr(importlib.import_module(".models.corrdistill.modeling_corrdistill", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -26,7 +26,7 @@ def tiny_student_config(**overrides) -> CorrDistillConfig:
 def save_tiny_student(folder: Path) -> Path:
     """A distilled student as `train.py` leaves it (the pre-training model and the feature extractor), seed 0."""
     from hf_corrdistill import CorrDistillForPreTraining
-    from hf_corrdistill.data import default_feature_extractor
+    from hf_corrdistill.data.sources import default_feature_extractor
 
     torch.manual_seed(0)
     CorrDistillForPreTraining(tiny_student_config()).save_pretrained(folder)
@@ -68,9 +68,10 @@ def remote_hidden_states(folder: Path, audio: torch.Tensor, scratch: Path) -> to
 
 @pytest.fixture(scope="session")
 def demo_data() -> Path:
-    """The shipped demo corpus, noise and tiny teacher (rebuilt by `python -m hf_corrdistill.demo` if missing)."""
+    """The shipped demo corpus, noise and tiny teacher (rebuilt by
+    `python -m hf_corrdistill.tools.demo` if missing)."""
     if not (DEMO / "tiny_teacher" / "config.json").exists():
         if shutil.which("espeak-ng") is None:
             pytest.fail("demo_data/ is missing and espeak-ng is not installed to rebuild it")
-        subprocess.run([sys.executable, "-m", "hf_corrdistill.demo", "--output", str(DEMO)], check=True)
+        subprocess.run([sys.executable, "-m", "hf_corrdistill.tools.demo", "--output", str(DEMO)], check=True)
     return DEMO

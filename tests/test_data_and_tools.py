@@ -10,15 +10,9 @@ import soundfile as sf
 import torch
 from conftest import ROOT
 
-from hf_corrdistill.data import (
-    AudioCollator,
-    AudioDecodeError,
-    CroppedAudioDataset,
-    StreamedCroppedAudio,
-    decode_audio,
-    load_audio_source,
-)
-from hf_corrdistill.demo import make_noise_bank, make_speech_corpus
+from hf_corrdistill.data.crops import AudioCollator, CroppedAudioDataset, StreamedCroppedAudio
+from hf_corrdistill.data.sources import AudioDecodeError, decode_audio, load_audio_source
+from hf_corrdistill.tools.demo import make_noise_bank, make_speech_corpus
 
 
 def write(path, samples, rate=16000):

@@ -11,8 +11,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from hf_corrdistill.distributed import gather_rows
 from hf_corrdistill.losses import correlation_loss
+from hf_corrdistill.training.distributed import gather_rows
 
 WORLD, PER_RANK, LAYERS, FRAMES, WIDTH = 2, 3, 2, 12, 6
 CASES = {  # name: loss settings (off-diagonal weights raised so that every term moves the gradients)

@@ -11,8 +11,8 @@ import pytest
 
 from hf_corrdistill.superb import runner
 from hf_corrdistill.superb.arguments import parse
-from hf_corrdistill.superb.cli import main
 from hf_corrdistill.superb.downstream import Features, HeadSettings, train_head
+from hf_corrdistill.superb.eval_cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 MINI = ROOT / "demo_data" / "superb_mini"

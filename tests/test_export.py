@@ -5,7 +5,7 @@ from conftest import tiny_student_config
 from transformers import HubertModel
 
 from hf_corrdistill import CorrDistillForPreTraining
-from hf_corrdistill.export import export
+from hf_corrdistill.hub.export import export
 
 
 def test_exported_hubert_matches_the_student(tmp_path):

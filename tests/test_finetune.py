@@ -38,7 +38,7 @@ from transformers import (
 )
 
 from hf_corrdistill import CorrDistillForCTC, CorrDistillForSequenceClassification
-from hf_corrdistill.modeling_corrdistill import CorrDistillModel, compute_span_mask
+from hf_corrdistill.models.corrdistill.modeling_corrdistill import CorrDistillModel, compute_span_mask
 
 SUPERB_MINI = DEMO / "superb_mini"
 KS_WORDS = ("down", "go", "left", "yes")  # 3 clips each in the mini keyword-spotting set

@@ -18,9 +18,10 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, RepoUrl, constants
 from safetensors.torch import load_file
 from transformers import AutoModel, HubertModel
 
-from hf_corrdistill import cli, hub
-from hf_corrdistill.cli import parse_args, run_identity
+from hf_corrdistill.hub import push as hub
 from hf_corrdistill.superb.upstream import describe_upstream, load_upstream
+from hf_corrdistill.training import train_cli as cli
+from hf_corrdistill.training.train_cli import parse_args, run_identity
 
 REPO = "org/tiny-student"
 PAPER_RUN = [  # the paper's setup, as train.py records it (teacher and training data are Hub ids)
@@ -170,7 +171,7 @@ def test_card_metadata_and_model_index_round_trip(student_dir, results_json, tmp
     assert "| fbank | 45.00 | 90.00 | 100.00 | 100.00 |" in body
     assert "`0.0002`" in body and "`7` (trainer_state.json)" in body  # the recorded configuration, steps trained
     for path in (f'AutoModel.from_pretrained("{REPO}", trust_remote_code=True)', "import hf_corrdistill",
-                 "python -m hf_corrdistill.export"):
+                 "python -m hf_corrdistill.hub.export"):
         assert path in body
     other = hub.model_card(student_dir, REPO, license="mit", datasets=[], base_model="")
     assert other.data.license == "mit" and other.data.datasets is None and other.data.base_model is None
@@ -264,7 +265,7 @@ def test_train_push_to_hub_pushes_the_final_student_once(tmp_path, hub_calls, mo
         pushed.append((folder, repo_id, kwargs, sorted(p.name for p in Path(folder).iterdir())))
         return push_student(folder, repo_id, **kwargs)
 
-    monkeypatch.setattr(hub, "push_student", spy)  # train.py imports it from hf_corrdistill.hub when it pushes
+    monkeypatch.setattr(hub, "push_student", spy)  # train.py imports it from hf_corrdistill.hub.push when it pushes
     cli.main([*_tiny_run(tmp_path), "--push_to_hub", "--hub_model_id", "x/y", "--export_format", "hubert"])
     out = tmp_path / "run"
     ((folder, repo_id, kwargs, present),) = pushed

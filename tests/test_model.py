@@ -8,7 +8,7 @@ from conftest import remote_hidden_states, tiny_student_config, tiny_teacher
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 
 from hf_corrdistill import CorrDistillConfig, CorrDistillForPreTraining, CorrDistillModel
-from hf_corrdistill.teacher import TeacherError, check_compatible, init_student_from_teacher, teacher_targets
+from hf_corrdistill.training.teacher import TeacherError, check_compatible, init_student_from_teacher, teacher_targets
 
 
 def test_default_backbone_is_distilhubert_sized():

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel, HubertModel
 
-from hf_corrdistill.pretrain_teacher import (
+from hf_corrdistill.tools.pretrain_teacher import (
     HubertPretrainer,
     _nearest,
     crop_batch,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from hf_corrdistill import superb_mini as sm
+from hf_corrdistill.tools import superb_mini as sm
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
                                   reason="espeak-ng is not installed (apt-get install espeak-ng): it speaks every set")
@@ -81,7 +81,7 @@ def test_same_seed_same_bytes_across_processes_and_the_cli(mini, tmp_path):
     for key, value in SIZES.items():
         args += [f"--{key}", *map(str, value if isinstance(value, tuple) else (value,))]
     env = {**os.environ, "PYTHONHASHSEED": "12345"}  # a different str hash: nothing may depend on it
-    subprocess.run([sys.executable, "-m", "hf_corrdistill.superb_mini", "--output", str(tmp_path), "--seed", "0",
+    subprocess.run([sys.executable, "-m", "hf_corrdistill.tools.superb_mini", "--output", str(tmp_path), "--seed", "0",
                     *args], check=True, capture_output=True, env=env)
     assert file_hashes(tmp_path) == file_hashes(root)
 

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
+from hf_corrdistill.data.views import NoiseBank, rms_power
 from hf_corrdistill.superb.arguments import EvalArguments, parse
 from hf_corrdistill.superb.conditions import Condition, NoisyCopies, parse_conditions
 from hf_corrdistill.superb.downstream import Features, HeadSettings, greedy_decode, train_head, word_error_rate
 from hf_corrdistill.superb.heads import WeightedLayerSum
 from hf_corrdistill.superb.tasks import CTC_VOCAB, Item, TaskData
-from hf_corrdistill.views import NoiseBank, rms_power
 
 
 @pytest.mark.parametrize(
@@ -146,7 +146,7 @@ def test_every_upstream_family_gives_per_utterance_hidden_states(family, tmp_pat
     import transformers
 
     from hf_corrdistill import CorrDistillConfig, CorrDistillModel
-    from hf_corrdistill.data import default_feature_extractor
+    from hf_corrdistill.data.sources import default_feature_extractor
     from hf_corrdistill.superb.upstream import PretrainedUpstream
 
     torch.manual_seed(0)

@@ -16,12 +16,19 @@ from safetensors import safe_open
 from transformers import AutoModel
 
 from hf_corrdistill import CorrDistillForPreTraining
-from hf_corrdistill.cli import ConfigError, _warn_single_cpu_process, complete_checkpoint, main, parse_args
-from hf_corrdistill.data import AudioCollator, CroppedAudioDataset, load_audio_source
+from hf_corrdistill.data.crops import AudioCollator, CroppedAudioDataset
+from hf_corrdistill.data.sources import load_audio_source
 from hf_corrdistill.losses import correlation_loss
-from hf_corrdistill.teacher import teacher_targets
-from hf_corrdistill.trainer import DistillationTrainer
-from hf_corrdistill.training_args import DistillationConfig
+from hf_corrdistill.training.arguments import DistillationConfig
+from hf_corrdistill.training.teacher import teacher_targets
+from hf_corrdistill.training.train_cli import (
+    ConfigError,
+    _warn_single_cpu_process,
+    complete_checkpoint,
+    main,
+    parse_args,
+)
+from hf_corrdistill.training.trainer import DistillationTrainer
 
 TINY_CONFIG = str(ROOT / "configs" / "tiny.yaml")
 TERMS = ("on_diagonal", "off_diagonal_cross", "off_diagonal_self", "cosine")
@@ -75,8 +82,13 @@ def test_unknown_student_field_and_incompatible_teacher_fail_before_training(tmp
 
 def test_demo_config_starts_its_student_from_the_trained_teacher(tmp_path):
     """configs/demo.yaml against the committed teacher: compatible, the student initialised from its first layers."""
-    from hf_corrdistill.cli import build_student_config
-    from hf_corrdistill.teacher import check_compatible, init_student_from_teacher, load_teacher, load_teacher_config
+    from hf_corrdistill.training.teacher import (
+        check_compatible,
+        init_student_from_teacher,
+        load_teacher,
+        load_teacher_config,
+    )
+    from hf_corrdistill.training.train_cli import build_student_config
 
     record = json.loads((ROOT / "demo_data" / "teacher" / "pretraining.json").read_text())
     assert record["steps_done"] >= 1000 and record["size_mb"] <= 10  # a really pre-trained teacher, small enough
@@ -125,14 +137,14 @@ def test_train_py_checks_its_configuration_before_loading_the_model_code(tmp_pat
     probe = textwrap.dedent(f"""
         import os, sys
         os.environ["HF_CORRDISTILL_DEFER_MODELS"] = "1"
-        from hf_corrdistill.cli import main
+        from hf_corrdistill.training.train_cli import main
         for index, argv in enumerate({list(MISTAKES.values())!r}):
             try:
                 main([*argv, "--output_dir", os.path.join({str(tmp_path)!r}, str(index))])
             except SystemExit as error:
                 print("exit:", error)
-        heavy = ["hf_corrdistill.modeling_corrdistill", "transformers.processing_utils", "transformers.trainer",
-                 "transformers.modeling_utils", "transformers.integrations.integration_utils"]
+        heavy = ["hf_corrdistill.models.corrdistill.modeling_corrdistill", "transformers.processing_utils",
+                 "transformers.trainer", "transformers.modeling_utils", "transformers.integrations.integration_utils"]
         print("loaded:", [name for name in heavy if name in sys.modules])
         import hf_corrdistill
         from transformers import AutoModel
@@ -156,7 +168,7 @@ def test_train_py_checks_its_configuration_before_loading_the_model_code(tmp_pat
 
 def test_preview_has_the_settings_of_the_built_config(tmp_path):
     """The checks before TrainingArguments run on a preview: it must describe the same run as the config."""
-    from hf_corrdistill.cli import build_args, preview_args, read_config, run_identity
+    from hf_corrdistill.training.train_cli import build_args, preview_args, read_config, run_identity
 
     for argv in ([TINY_CONFIG, "--student_overrides", '{"hidden_size": 64, "num_attention_heads": 8}',
                   "--learning_rate", "3e-4", "--lr_scheduler_type", "cosine", "--bf16", "false", "--seed", "7"],

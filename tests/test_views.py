@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 from conftest import DEMO
 
-from hf_corrdistill.views import (
+from hf_corrdistill.data.views import (
     Distorter,
     DistortionPreset,
     NoiseBank,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ..views import NoiseBank, mix_at_snr
+from ..data.views import NoiseBank, mix_at_snr
 
 NOISE_KINDS = ("seen", "unseen")
 

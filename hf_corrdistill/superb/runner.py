@@ -11,8 +11,8 @@ from pathlib import Path
 import soundfile as sf
 import torch
 
-from ..data import SAMPLE_RATE
-from ..views import NoiseBank
+from ..data.sources import SAMPLE_RATE
+from ..data.views import NoiseBank
 from .arguments import EvalArguments
 from .cache import FeatureCache, cache_key
 from .conditions import Condition, NoisyCopies, content_hashes

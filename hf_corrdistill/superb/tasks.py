@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ..data import AUDIO_SUFFIXES, SAMPLE_RATE, AudioDecodeError, decode_audio, load_audio_source
+from ..data.sources import AUDIO_SUFFIXES, SAMPLE_RATE, AudioDecodeError, decode_audio, load_audio_source
 
 logger = logging.getLogger(__name__)
 

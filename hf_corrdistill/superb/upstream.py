@@ -15,8 +15,8 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 from transformers.audio_utils import mel_filter_bank
 
-from ..data import SAMPLE_RATE, default_feature_extractor
-from ..teacher import load_teacher_config
+from ..data.sources import SAMPLE_RATE, default_feature_extractor
+from ..training.teacher import load_teacher_config
 
 logger = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """Builds the offline demo data: a small espeak-ng speech corpus, a noise bank and a tiny random HuBERT teacher.
 
-    python -m hf_corrdistill.demo --output demo_data
+    python -m hf_corrdistill.tools.demo --output demo_data
 
 The tiny teacher (``tiny_teacher/``) is randomly initialised: with configs/tiny.yaml it shows the distillation
 mechanics in seconds, not a useful student. The demo's trained teacher (``teacher/``) comes from
-`hf_corrdistill.pretrain_teacher` (see the README). Everything is deterministic given ``--seed`` and espeak-ng.
+`hf_corrdistill.tools.pretrain_teacher` (see the README). Everything is deterministic given ``--seed`` and espeak-ng.
 """
 
 import argparse
@@ -21,7 +21,7 @@ import soxr
 import torch
 from transformers import HubertConfig, HubertModel
 
-from .data import SAMPLE_RATE, default_feature_extractor
+from ..data.sources import SAMPLE_RATE, default_feature_extractor
 
 logger = logging.getLogger(__name__)
 

@@ -24,17 +24,17 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_tok
 from huggingface_hub.utils import validate_repo_id
 from transformers import AutoConfig, AutoFeatureExtractor
 
-from .configuration_corrdistill import CorrDistillConfig
-from .data import SAMPLE_RATE, default_feature_extractor
-from .superb.upstream import file_digest
-from .training_args import EXPORT_FORMATS
+from ..data.sources import SAMPLE_RATE, default_feature_extractor
+from ..models.corrdistill.configuration_corrdistill import CorrDistillConfig
+from ..superb.upstream import file_digest
+from ..training.arguments import EXPORT_FORMATS
 
 if TYPE_CHECKING:  # the model code loads when a student does: train.py's start-up checks do not need it
-    from .modeling_corrdistill import CorrDistillForPreTraining, CorrDistillModel
+    from ..models.corrdistill.modeling_corrdistill import CorrDistillForPreTraining, CorrDistillModel
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "student.md"
+TEMPLATE = Path(__file__).with_name("templates") / "student.md"  # shipped in the package; model_cards/ links to it
 TAGS = ["audio", "speech", "hubert", "distilhubert", "distillation", "knowledge-distillation",
         "self-supervised-learning", "correlation-distillation", "hf-corrdistill"]
 # Files at the repository's root that an earlier push may have left and this one replaces (the other format's code,
@@ -92,7 +92,7 @@ def _read_json(path: Path) -> dict | None:
 
 def load_student(student_dir: str | Path) -> "CorrDistillModel | CorrDistillForPreTraining":
     """The distilled student saved in ``student_dir``, every weight accounted for."""
-    from . import modeling_corrdistill
+    from ..models.corrdistill import modeling_corrdistill
 
     folder = Path(student_dir)
     if not (folder / "config.json").is_file():

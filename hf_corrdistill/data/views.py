@@ -19,7 +19,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .data import AUDIO_SUFFIXES, SAMPLE_RATE, decode_audio, is_saved_dataset, load_audio_source
+from .sources import AUDIO_SUFFIXES, SAMPLE_RATE, decode_audio, is_saved_dataset, load_audio_source
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Tiny SUPERB-style evaluation sets spoken by espeak-ng, in the on-disk layouts of the real corpora.
 
-    python -m hf_corrdistill.superb_mini --output demo_data/superb_mini
+    python -m hf_corrdistill.tools.superb_mini --output demo_data/superb_mini
 
 Under ``--output``: keyword spotting as Speech Commands v0.01 (with its separate test set), intent classification as
 Fluent Speech Commands, ASR as LibriSpeech, and a noise bank (``noise/{train,test}`` seen categories, ``noise/unseen``
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .data import SAMPLE_RATE
+from ..data.sources import SAMPLE_RATE
 from .demo import VARIANTS, VOICES, WORDS, babble, coloured_noise, synthesize, tonal_music
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ CORPUS_SPLITS = ("train", "validation")
 CORPUS_VALIDATION_SHARE = 0.02
 CORPUS_UTTERANCE_SECONDS = 2.5  # the rough mean utterance length, to turn hours into utterance counts
 OWNED = (KS_ROOT, KS_TEST_ROOT, IC_ROOT, ASR_ROOT, NOISE_ROOT, CORPUS_ROOT, "manifest.json")
-GENERATOR = "hf_corrdistill.superb_mini"
+GENERATOR = "hf_corrdistill.superb_mini"  # the name manifests record (stable across module moves)
 
 
 # ---------------------------------------------------------------------------------------------------- speakers

@@ -1,7 +1,7 @@
 """Pre-trains a small HuBERT teacher from scratch: the first iteration of HuBERT (Hsu et al. 2021, arXiv 2106.07447).
 
-    python -m hf_corrdistill.superb_mini --output data/superb-mini --scale 10     # its corpus/: 2 h, own speakers
-    python -m hf_corrdistill.pretrain_teacher --data data/superb-mini/corpus --output demo_data/teacher \
+    python -m hf_corrdistill.tools.superb_mini --output data/superb-mini --scale 10  # its corpus/: 2 h
+    python -m hf_corrdistill.tools.pretrain_teacher --data data/superb-mini/corpus --output demo_data/teacher \
         --steps 3000 --lr 5e-4 --warmup 0.1      # the committed teacher (lr 1e-3 collapsed to the unigram loss)
 
 Targets are k-means cluster ids of MFCC frames (13 cepstra + deltas + delta-deltas, 25 ms windows every 10 ms, pairs
@@ -28,8 +28,8 @@ from torch import nn
 from transformers import HubertConfig, HubertModel
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
-from .data import SAMPLE_RATE, AudioDecodeError, decode_audio, default_feature_extractor, load_audio_source
-from .superb.upstream import FilterbankUpstream
+from ..data.sources import SAMPLE_RATE, AudioDecodeError, decode_audio, default_feature_extractor, load_audio_source
+from ..superb.upstream import FilterbankUpstream
 
 logger = logging.getLogger(__name__)
 
@@ -332,7 +332,8 @@ def main(argv: list[str] | None = None) -> dict:
     if settings.threads > 0:
         torch.set_num_threads(settings.threads)
     if settings.data is None:
-        parser.error("give --data DIR: a folder of speech (e.g. the corpus/ of python -m hf_corrdistill.superb_mini)")
+        parser.error("give --data DIR: a folder of speech (e.g. the corpus/ of python -m "
+                     "hf_corrdistill.tools.superb_mini)")
     start = time.monotonic()
     model, record = pretrain(settings, load_waves(settings.data))
     return save_teacher(model, record, Path(settings.output), time.monotonic() - start)

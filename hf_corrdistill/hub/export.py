@@ -1,6 +1,6 @@
 """Export a student backbone as a plain `HubertModel` checkpoint, loadable without custom code.
 
-    python -m hf_corrdistill.export --student outputs/demo --output outputs/demo-hubert
+    python -m hf_corrdistill.hub.export --student outputs/demo --output outputs/demo-hubert
 
 The student mirrors HuBERT's parameter names, so the conversion is a change of config and of key prefix, as in
 the transformers conversion of DistilHuBERT. The prediction heads are distillation-only and are dropped.
@@ -12,9 +12,9 @@ from pathlib import Path
 
 from transformers import AutoModel, HubertConfig, HubertModel
 
-from .configuration_corrdistill import CorrDistillConfig
-from .data import default_feature_extractor
-from .modeling_corrdistill import CorrDistillModel
+from ..data.sources import default_feature_extractor
+from ..models.corrdistill.configuration_corrdistill import CorrDistillConfig
+from ..models.corrdistill.modeling_corrdistill import CorrDistillModel
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Distillation objectives as pure tensor functions (METHOD.md section 3).
+"""L_CL, the correlation objective of Ritter-Gutierrez et al. (2024), as pure tensor functions (docs/method.md).
 
 Shapes: ``student`` and ``teacher`` are (B, N, F, D) = (batch, predicted layers, frames, features);
 ``padding_mask`` is (B, F) bool with True for valid frames; SNRs are (B,) float dB, +inf for no additive noise.
@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from transformers.utils import ModelOutput
+
+from .common import cosine_term, prepare_pair
 
 Style = Literal["batch", "frames"]
 Weighting = Literal["fixed", "snr-reference", "snr"]
@@ -37,69 +38,6 @@ class CorrelationLossOutput(ModelOutput):
     off_diagonal_cross: torch.Tensor | None = None
     off_diagonal_self: torch.Tensor | None = None
     cosine: torch.Tensor | None = None
-
-
-@dataclass
-class DistilHubertLossOutput(ModelOutput):
-    """L_KD (DistilHuBERT: L1 + cosine) and its terms, each already weighted as it enters `loss` (METHOD.md 3.1)."""
-
-    loss: torch.Tensor | None = None
-    l1: torch.Tensor | None = None
-    cosine: torch.Tensor | None = None
-
-
-def _prepare(
-    student: torch.Tensor, teacher: torch.Tensor, padding_mask: torch.Tensor | None, zero_padding: bool = True
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Validate shapes, upcast half precision to float32 and return the (B, F) bool mask.
-
-    With ``zero_padding``, padded frames are replaced by zeros with `where` (not a product), which makes them inert
-    even when they hold NaN or inf, in the values and in the gradients.
-    """
-    if student.dim() != 4 or student.shape != teacher.shape:
-        raise ValueError(
-            f"student and teacher must both be (batch, layers, frames, features); got {tuple(student.shape)} "
-            f"and {tuple(teacher.shape)}"
-        )
-    batch, _, frames, _ = student.shape
-    dtype = torch.promote_types(torch.promote_types(student.dtype, teacher.dtype), torch.float32)
-    if padding_mask is None:
-        return student.to(dtype), teacher.to(dtype), torch.ones(batch, frames, dtype=torch.bool, device=student.device)
-    if padding_mask.shape != (batch, frames):
-        raise ValueError(f"padding_mask must be (batch, frames) = {(batch, frames)}, got {tuple(padding_mask.shape)}")
-    mask = padding_mask.to(device=student.device, dtype=torch.bool)
-    if not zero_padding:
-        return student.to(dtype), teacher.to(dtype), mask
-    valid = mask[:, None, :, None]  # (B, 1, F, 1)
-    return student.to(dtype).where(valid, 0.0), teacher.to(dtype).where(valid, 0.0), mask
-
-
-def _cosine_term(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """mean_n [ mean over valid (b, f) of -log sigmoid(cos(S_bf, T_bf)) ]; inputs (B, N, F, D), mask (B, F)."""
-    neg_log_sig = -F.logsigmoid(F.cosine_similarity(student, teacher, dim=-1))  # (B, N, F)
-    valid = mask[:, None, :]  # (B, 1, F)
-    per_layer = neg_log_sig.where(valid, 0.0).sum((0, 2)) / valid.sum((0, 2)).clamp_min(1)  # (N,)
-    return per_layer.mean()
-
-
-def distilhubert_loss(
-    student: torch.Tensor,
-    teacher: torch.Tensor,
-    padding_mask: torch.Tensor | None = None,
-    *,
-    cosine_weight: float = 1.0,
-) -> DistilHubertLossOutput:
-    """L_KD = mean_n mean_{b,f,i} |S - T| + cosine_weight * mean_n mean_{b,f} -log sigmoid(cos(S, T)).
-
-    Padded frames (``padding_mask`` False) are never read into the result, whatever they hold.
-    """
-    with torch.autocast(student.device.type, enabled=False):
-        student, teacher, mask = _prepare(student, teacher, padding_mask)
-        valid = mask[:, None, :, None]  # (B, 1, F, 1)
-        abs_err = (student - teacher).abs().where(valid, 0.0)  # (B, N, F, D)
-        l1 = (abs_err.sum((0, 2, 3)) / (mask.sum().clamp_min(1) * student.shape[-1])).mean()
-        cosine = cosine_weight * _cosine_term(student, teacher, mask)
-        return DistilHubertLossOutput(loss=l1 + cosine, l1=l1, cosine=cosine)
 
 
 def pool_valid_frames(features: torch.Tensor, mask: torch.Tensor, positions: int) -> torch.Tensor:
@@ -211,6 +149,95 @@ def _snr_tensor(snr: torch.Tensor | None, name: str, batch: int, like: torch.Ten
     return snr
 
 
+def _check_options(style: str, weighting: str, pool_positions: int) -> None:
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if pool_positions < 1:
+        raise ValueError(f"pool_positions must be >= 1, got {pool_positions}")
+
+
+@dataclass
+class _SnrWeights:
+    """How the off-diagonal terms are weighted: batch-level scales (``snr``) or per-utterance weights
+    (``snr-reference``, (B,) over the gathered batch)."""
+
+    cross_scale_by: torch.Tensor | float = 1.0
+    self_scale_by: torch.Tensor | float = 1.0
+    cross_sample: torch.Tensor | None = None
+    self_sample: torch.Tensor | None = None
+
+
+def _snr_weights(
+    weighting: str,
+    student_snr: torch.Tensor | None,
+    teacher_snr: torch.Tensor | None,
+    like: torch.Tensor,
+    snr_low: float,
+    snr_high: float,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> _SnrWeights:
+    """METHOD 3.4: C is weighted by the teacher view's SNR, A by the student view's."""
+    if weighting == "fixed":
+        return _SnrWeights()
+    batch = like.shape[0]
+    t_snr = _snr_tensor(teacher_snr, "teacher_snr", batch, like)
+    s_snr = _snr_tensor(student_snr, "student_snr", batch, like)
+    if gather is not None:
+        t_snr, s_snr = gather(t_snr), gather(s_snr)
+    if weighting == "snr":
+        return _SnrWeights(
+            cross_scale_by=clipped_snr_weight(t_snr, snr_low, snr_high).reciprocal().mean(),
+            self_scale_by=clipped_snr_weight(s_snr, snr_low, snr_high).reciprocal().mean(),
+        )
+    return _SnrWeights(
+        cross_sample=reference_snr_weight(t_snr).reciprocal(), self_sample=reference_snr_weight(s_snr).reciprocal()
+    )
+
+
+def _samples(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    mask: torch.Tensor,
+    style: str,
+    pool_positions: int,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The features correlations are taken over: pooled positions (``batch``) or frames (``frames``), of this
+    process's batch or, with ``gather``, of the global batch. (B, N, F, D) -> (B', N, P or F, D), mask (B', P or F)."""
+    if style == "batch":  # samples: the utterances, at every (layer, pooled position)
+        student = pool_valid_frames(student, mask, pool_positions)  # (B, N, P, D)
+        teacher = pool_valid_frames(teacher, mask, pool_positions)
+        mask = mask.new_ones(student.shape[0], pool_positions)  # every pooled position holds valid frames
+    if gather is not None:  # the global batch of all processes
+        student, teacher, mask = gather(student), gather(teacher), gather(mask)  # (W*B, N, P or F, D)
+    if student.shape[0] < 2:
+        raise ValueError(f"correlation_loss needs at least 2 utterances in the batch, got {student.shape[0]}")
+    return student, teacher, mask
+
+
+def _standardised_groups(
+    student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, style: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | int]:
+    """Standardised (G, M, D) groups of samples, the self-correlation diagonal (G, D) and the divisor M - 1.
+
+    ``batch``: a group per (layer, pooled position), samples = the B utterances; ``frames``: a group per layer,
+    samples = all B*F frames, padded ones zero and left out of the statistics."""
+    batch, layers, positions, features = student.shape
+    if style == "batch":
+        groups = (layers * positions, batch, features)
+        s_hat, a_diag = _standardise(student.permute(1, 2, 0, 3).reshape(groups), None, batch)  # (N*P, B, D)
+        t_hat, _ = _standardise(teacher.permute(1, 2, 0, 3).reshape(groups), None, batch)
+        return s_hat, t_hat, a_diag, batch - 1
+    samples = (layers, batch * positions, features)
+    valid = mask.reshape(1, batch * positions, 1)  # (1, B*F, 1)
+    count = mask.sum()
+    s_hat, a_diag = _standardise(student.transpose(0, 1).reshape(samples), valid, count)  # (N, B*F, D)
+    t_hat, _ = _standardise(teacher.transpose(0, 1).reshape(samples), valid, count)
+    return s_hat, t_hat, a_diag, count - 1
+
+
 def correlation_loss(
     student: torch.Tensor,
     teacher: torch.Tensor,
@@ -231,7 +258,7 @@ def correlation_loss(
     snr_high: float = 20.0,
     gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> CorrelationLossOutput:
-    """L_CL of METHOD.md 3.2: correlation terms per predicted layer plus the cosine term.
+    """L_CL: correlation terms per predicted layer plus the cosine term (docs/method.md, "L_CL").
 
     For each group (style ``batch``: every (layer, pooled position), samples = the B utterances; style ``frames``:
     every layer, samples = all valid frames of the batch), features are standardised over the samples and
@@ -239,78 +266,39 @@ def correlation_loss(
             + lambda_self (1/self_scale) sum_{i!=j} A_ij^2,
     averaged over groups; the cosine term of L_KD is added on the pooled (``batch``) or valid (``frames``) frames.
 
-    Weighting (METHOD.md 3.4): ``fixed`` uses the lambdas as given; ``snr-reference`` divides every sample's
-    off-diagonal contribution by w = 9.9 snr - 98 of its view (teacher view for C, student view for A), defined for
-    SNRs above 9.9 dB only; ``snr`` scales lambda_cross by the batch mean of 1/w(teacher_snr) and lambda_self by
-    the batch mean of 1/w(student_snr), with w clipped to [1, 100] between ``snr_low`` and ``snr_high``.
+    Weighting: ``fixed`` uses the lambdas as given; ``snr-reference`` divides every sample's off-diagonal
+    contribution by w = 9.9 snr - 98 of its view (teacher view for C, student view for A), defined for SNRs above
+    9.9 dB only; ``snr`` scales lambda_cross by the batch mean of 1/w(teacher_snr) and lambda_self by the batch mean
+    of 1/w(student_snr), with w clipped to [1, 100] between ``snr_low`` and ``snr_high``.
 
     Padded frames never contribute, whatever they hold (NaN included), to the values or the gradients.
 
-    ``gather`` (e.g. `distributed.gather_rows`) concatenates a tensor's dim 0 over processes: the correlations,
-    standardisation and weights then use the global batch (pooled features in the ``batch`` style, frames in the
-    ``frames`` style, whose frame counts must then agree across processes).
+    ``gather`` (e.g. `training.distributed.gather_rows`) concatenates a tensor's dim 0 over processes: the
+    correlations, standardisation and weights then use the global batch (pooled features in the ``batch`` style,
+    frames in the ``frames`` style, whose frame counts must then agree across processes).
     """
-    if style not in STYLES:
-        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    if pool_positions < 1:
-        raise ValueError(f"pool_positions must be >= 1, got {pool_positions}")
+    _check_options(style, weighting, pool_positions)
     with torch.autocast(student.device.type, enabled=False):
-        student, teacher, mask = _prepare(student, teacher, padding_mask, zero_padding=style == "frames")
-        batch, layers, frames, features = student.shape
-        cross_scale_by, self_scale_by = 1.0, 1.0
-        cross_weight = self_weight = None  # per-utterance weights of the snr-reference mode, (B,)
-        if weighting != "fixed":
-            t_snr = _snr_tensor(teacher_snr, "teacher_snr", batch, student)
-            s_snr = _snr_tensor(student_snr, "student_snr", batch, student)
-            if gather is not None:
-                t_snr, s_snr = gather(t_snr), gather(s_snr)
-            if weighting == "snr":
-                cross_scale_by = clipped_snr_weight(t_snr, snr_low, snr_high).reciprocal().mean()
-                self_scale_by = clipped_snr_weight(s_snr, snr_low, snr_high).reciprocal().mean()
-            else:
-                cross_weight = reference_snr_weight(t_snr).reciprocal()
-                self_weight = reference_snr_weight(s_snr).reciprocal()
-
-        if style == "batch":  # samples: the utterances, at every (layer, pooled position)
-            student = pool_valid_frames(student, mask, pool_positions)  # (B, N, P, D)
-            teacher = pool_valid_frames(teacher, mask, pool_positions)
-            mask = mask.new_ones(batch, pool_positions)  # every pooled position holds valid frames
-        if gather is not None:  # the global batch of all processes
-            student, teacher, mask = gather(student), gather(teacher), gather(mask)  # (W*B, N, P or F, D)
-        batch = student.shape[0]
-        if batch < 2:
-            raise ValueError(f"correlation_loss needs at least 2 utterances in the batch, got {batch}")
-        cosine = _cosine_term(student, teacher, mask)
-        if style == "batch":
-            groups = (layers * pool_positions, batch, features)
-            s_hat, a_diag = _standardise(student.permute(1, 2, 0, 3).reshape(groups), None, batch)  # (N*P, B, D)
-            t_hat, _ = _standardise(teacher.permute(1, 2, 0, 3).reshape(groups), None, batch)
-            denom = batch - 1
-        else:
-            samples = (layers, batch * frames, features)
-            valid = mask.reshape(1, batch * frames, 1)  # (1, B*F, 1)
-            count = mask.sum()
-            s_hat, a_diag = _standardise(student.transpose(0, 1).reshape(samples), valid, count)  # (N, B*F, D)
-            t_hat, _ = _standardise(teacher.transpose(0, 1).reshape(samples), valid, count)
-            denom = count - 1
-            if cross_weight is not None:  # every frame carries its utterance's weight
-                cross_weight = cross_weight.repeat_interleave(frames)
-                self_weight = self_weight.repeat_interleave(frames)
-
+        student, teacher, mask = prepare_pair(student, teacher, padding_mask, zero_padding=style == "frames")
+        frames = student.shape[2]
+        weights = _snr_weights(weighting, student_snr, teacher_snr, student, snr_low, snr_high, gather)
+        student, teacher, mask = _samples(student, teacher, mask, style, pool_positions, gather)  # (B', N, M, D)
+        cosine = cosine_weight * cosine_term(student, teacher, mask)
+        s_hat, t_hat, a_diag, denom = _standardised_groups(student, teacher, mask, style)
+        cross_sample, self_sample = weights.cross_sample, weights.self_sample  # (B',) or None
+        if cross_sample is not None and style == "frames":  # every frame carries its utterance's weight
+            cross_sample, self_sample = cross_sample.repeat_interleave(frames), self_sample.repeat_interleave(frames)
         on_diag, cross_off, self_off = _correlation_terms(
             s_hat,
             t_hat,
             a_diag,
             denom,
-            None if cross_weight is None else cross_weight[None, :],
-            None if self_weight is None else self_weight[None, :],
+            None if cross_sample is None else cross_sample[None, :],
+            None if self_sample is None else self_sample[None, :],
         )
         on_diagonal = on_diag.mean() / diag_scale
-        off_diagonal_cross = lambda_cross * cross_scale_by * cross_off.mean() / cross_scale
-        off_diagonal_self = lambda_self * self_scale_by * self_off.mean() / self_scale
-        cosine = cosine_weight * cosine
+        off_diagonal_cross = lambda_cross * weights.cross_scale_by * cross_off.mean() / cross_scale
+        off_diagonal_self = lambda_self * weights.self_scale_by * self_off.mean() / self_scale
         return CorrelationLossOutput(
             loss=on_diagonal + off_diagonal_cross + off_diagonal_self + cosine,
             on_diagonal=on_diagonal,

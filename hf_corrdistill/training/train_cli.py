@@ -17,18 +17,13 @@ import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
-from . import register_auto_classes
-from .configuration_corrdistill import CorrDistillConfig
-from .data import (
-    AudioCollator,
-    CroppedAudioDataset,
-    StreamedCroppedAudio,
-    default_feature_extractor,
-    load_audio_source,
-)
+from .. import register_auto_classes
+from ..data.crops import AudioCollator, CroppedAudioDataset, StreamedCroppedAudio
+from ..data.sources import default_feature_extractor, load_audio_source
+from ..data.views import PRESET_BUILDERS, Distorter, NoiseBank, ViewMaker, load_impulse_responses
+from ..models.corrdistill.configuration_corrdistill import CorrDistillConfig
+from .arguments import DataArguments, DistillationConfig
 from .teacher import check_compatible, init_student_from_teacher, load_teacher, load_teacher_config
-from .training_args import DataArguments, DistillationConfig
-from .views import PRESET_BUILDERS, Distorter, NoiseBank, ViewMaker, load_impulse_responses
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         # modeling code, and a mistake should cost a few seconds of imports, not that too.
         settings, data = preview_args(values)
         if settings.push_to_hub:  # an upload that cannot work fails now, not after training
-            from .hub import check_can_push, check_repo_id
+            from ..hub.push import check_can_push, check_repo_id
 
             check_repo_id(settings.hub_model_id)
             check_can_push(settings.hub_token)
@@ -275,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
         args, data = build_args(values)
         # Only now the model code: a configuration mistake fails in seconds (train.py defers the registration).
         register_auto_classes()
-        from .modeling_corrdistill import CorrDistillForPreTraining
+        from ..models.corrdistill.modeling_corrdistill import CorrDistillForPreTraining
         from .trainer import DistillationTrainer
 
         set_seed(args.seed)
@@ -315,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.output_dir, "distillation_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
         logger.info("student written to %s", args.output_dir)
         if hub_repo:
-            from .hub import push_student
+            from ..hub.push import push_student
 
             try:
                 push_student(args.output_dir, hub_repo, export_format=args.export_format,

@@ -10,11 +10,11 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.utils import ModelOutput
 
-from .data import SKIP_REASONS
+from ..data.sources import SKIP_REASONS
+from ..losses import correlation_loss, distilhubert_loss
+from .arguments import DistillationConfig
 from .distributed import gather_rows, world_size
-from .losses import correlation_loss, distilhubert_loss
 from .teacher import teacher_targets
-from .training_args import DistillationConfig
 
 logger = logging.getLogger(__name__)
 

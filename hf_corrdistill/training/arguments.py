@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from transformers import TrainingArguments
 
-from .losses import STYLES, WEIGHTINGS, correlation_loss, distilhubert_loss
-from .views import PRESETS, SETUPS
+from ..data.views import PRESETS, SETUPS
+from ..losses import STYLES, WEIGHTINGS, correlation_loss, distilhubert_loss
 
 _CORRELATION_DEFAULTS = {k: p.default for k, p in inspect.signature(correlation_loss).parameters.items()}
 _KD_DEFAULTS = {k: p.default for k, p in inspect.signature(distilhubert_loss).parameters.items()}

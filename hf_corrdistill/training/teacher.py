@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import AutoConfig, AutoModel, PreTrainedConfig
 
-from .configuration_corrdistill import CorrDistillConfig
+from ..models.corrdistill.configuration_corrdistill import CorrDistillConfig
 
 if TYPE_CHECKING:  # the checks above need configs only, so train.py fails fast without loading the model code
     from transformers import PreTrainedModel
 
-    from .modeling_corrdistill import CorrDistillForPreTraining
+    from ..models.corrdistill.modeling_corrdistill import CorrDistillForPreTraining
 
 logger = logging.getLogger(__name__)
 
