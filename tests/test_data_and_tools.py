@@ -87,7 +87,7 @@ def test_collator_pads_and_masks():
     assert torch.all(batch["input_values"][0, 500:] == 0)
 
 
-def test_demo_generator_is_deterministic(tmp_path):
+def test_demo_generator_is_deterministic(tmp_path, espeak):
     make_speech_corpus(tmp_path / "a", 2, 1, seed=3)
     make_speech_corpus(tmp_path / "b", 2, 1, seed=3)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.flac"))

@@ -5,7 +5,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import require_espeak
 
 from hf_corrdistill.tools import superb_mini as sm
 
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
-                                  reason="espeak-ng is not installed (apt-get install espeak-ng): it speaks every set")
+needs_espeak = pytest.mark.usefixtures("espeak")
 
 # Small, but with several speakers per split so that disjointness means something.
 SIZES = dict(ks_speakers=(2, 1, 1), ks_silence=3, ic_speakers=(3, 2, 2), asr_speakers=(2, 2, 1),
@@ -37,8 +36,7 @@ def samples(path: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def mini(tmp_path_factory) -> tuple[Path, dict]:
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed")
+    require_espeak()
     root = tmp_path_factory.mktemp("mini")
     return root, sm.generate(root, seed=0, **SIZES)
 
