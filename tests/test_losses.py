@@ -1,4 +1,4 @@
-"""The objectives against plain references that materialise C and A (METHOD.md 3.1-3.4)."""
+"""The objectives against plain references that materialise C and A (docs/method.md)."""
 
 import math
 

@@ -25,13 +25,13 @@ Weighting = Literal["fixed", "snr-reference", "snr"]
 STYLES: tuple[str, ...] = ("batch", "frames")
 WEIGHTINGS: tuple[str, ...] = ("fixed", "snr-reference", "snr")
 
-STD_EPS = 1e-5  # z_hat = (z - mean) / (std + eps), METHOD.md 3.2 step 2
+STD_EPS = 1e-5  # z_hat = (z - mean) / (std + eps), docs/method.md, "L_CL"
 _VAR_FLOOR = 1e-30  # keeps d sqrt(var) finite for constant features; far below STD_EPS**2
 
 
 @dataclass
 class CorrelationLossOutput(ModelOutput):
-    """L_CL and its terms, each already weighted as it enters `loss` (METHOD.md 3.2)."""
+    """L_CL and its terms, each already weighted as it enters `loss` (docs/method.md, "L_CL")."""
 
     loss: torch.Tensor | None = None
     on_diagonal: torch.Tensor | None = None
@@ -111,7 +111,8 @@ def _correlation_terms(
 
     C = s_hat^T t_hat / denom and A = s_hat^T s_hat / denom, whose diagonal ``a_diag`` (G, D) is given. With
     per-sample weights (G, M) the off-diagonal sums are instead sum_m w_m sum_{i!=j} (a_mi b_mj / denom)^2, the
-    per-sample form of the reference code (METHOD.md 3.4), computed as ||a||^2 ||b||^2 - sum_i a_i^2 b_i^2.
+    per-sample form of the reference code (docs/method.md, "SNR weighting"), computed as
+    ||a||^2 ||b||^2 - sum_i a_i^2 b_i^2.
     """
     c_diag = (s_hat * t_hat).sum(1) / denom  # (G, D)
     on_diag = (c_diag - 1).square().sum(-1)  # (G,)

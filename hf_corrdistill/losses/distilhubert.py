@@ -10,7 +10,7 @@ from .common import cosine_term, prepare_pair
 
 @dataclass
 class DistilHubertLossOutput(ModelOutput):
-    """L_KD (DistilHuBERT: L1 + cosine) and its terms, each already weighted as it enters `loss` (METHOD.md 3.1)."""
+    """L_KD (DistilHuBERT: L1 + cosine) and its terms, each already weighted as it enters `loss`."""
 
     loss: torch.Tensor | None = None
     l1: torch.Tensor | None = None

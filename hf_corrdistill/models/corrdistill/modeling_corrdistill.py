@@ -1,4 +1,5 @@
-"""DistilHuBERT-style student: a HuBERT-shaped backbone and the distillation prediction heads (METHOD.md section 2).
+"""DistilHuBERT-style student: a HuBERT-shaped backbone and the distillation prediction heads
+(hf-corrdistill docs/method.md, "The student").
 
 This file is copied next to saved checkpoints for ``trust_remote_code`` loading: it imports only torch,
 transformers and its sibling ``configuration_corrdistill``. Parameter names mirror ``HubertModel`` so that the
