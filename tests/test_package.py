@@ -3,6 +3,7 @@ everything the commands read (the model card template among it)."""
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -87,8 +88,13 @@ def test_model_files_import_only_torch_transformers_and_each_other():
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(folder), str(ROOT)],
+    """Built from a copy of the sources, so that no build/ folder of an earlier build (setuptools reuses it) or of
+    this one is left in the checkout."""
+    source, folder = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheel")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(PACKAGE, source / PACKAGE.name, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(folder), str(source)],
                    check=True, capture_output=True, timeout=600)
     (built,) = folder.glob("hf_corrdistill-*.whl")
     return built
