@@ -461,7 +461,9 @@ class CTCCollator:
 
 def test_ctc_script_sequence(student_folder, tmp_path):
     """`run_speech_recognition_ctc.py --model_name_or_path <student> --do_train --freeze_feature_encoder
-    --gradient_checkpointing --ctc_zero_infinity`, its calls replayed in order (no --tokenizer_name_or_path)."""
+    --gradient_checkpointing --ctc_zero_infinity`, its calls replayed in order (no --tokenizer_name_or_path), on a
+    local student folder with this package imported; test_stock_ctc.py replays them on a published student given as a
+    Hub id, in a process without this package."""
     output_dir = tmp_path / "asr"
     raw = librispeech_dataset().map(lambda row: {"target_text": row["text"].lower() + " "}, remove_columns=["text"])
     config = AutoConfig.from_pretrained(student_folder)

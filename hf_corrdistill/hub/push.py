@@ -292,6 +292,9 @@ def stage(student_dir: str | Path, output_dir: str | Path, repo_id: str, *, expo
         difference = _hubert_difference(backbone, hubert)
         if difference > 1e-4:
             raise PushError(f"the HubertModel export differs from the student by {difference:.2e}")
+        # HuBERT's own CTC tokenizer, named in config.json as the student's config names it: CTC scripts that read
+        # `config.tokenizer_class` (transformers 5 configs carry it only when config.json sets it) find it too
+        hubert.config.tokenizer_class = "Wav2Vec2CTCTokenizer"
         hubert.save_pretrained(output)
         facts["hubert_difference"] = f"{difference:.1e}"
     _write_preprocessor(folder, output)

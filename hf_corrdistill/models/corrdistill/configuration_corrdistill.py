@@ -58,6 +58,10 @@ class CorrDistillConfig(PreTrainedConfig):
         tokenizer_class (`str`):
             Tokenizer a CTC fine-tuning script builds from a fresh `vocab.json` (the stock script reads it from the
             config because `corrdistill` is not a model type `AutoTokenizer` knows).
+
+    `processor_class` (a class attribute, never saved) names the processor `AutoProcessor` builds from a folder that
+    holds this config, a feature extractor and a tokenizer, as the stock CTC script's output directory: a
+    `Wav2Vec2Processor`, as for HuBERT.
     """
 
     model_type = "corrdistill"
@@ -101,6 +105,7 @@ class CorrDistillConfig(PreTrainedConfig):
     ctc_loss_reduction: str = "sum"
     ctc_zero_infinity: bool = False
     tokenizer_class: str | None = "Wav2Vec2CTCTokenizer"
+    processor_class = "Wav2Vec2Processor"  # no annotation: not a field, not saved
 
     def __post_init__(self, **kwargs):
         self.conv_dim = tuple(self.conv_dim)
@@ -149,5 +154,24 @@ class CorrDistillConfig(PreTrainedConfig):
             ratio *= stride
         return ratio
 
+
+def _register_model_type() -> None:
+    """Register `corrdistill` with `AutoConfig`, unless it is registered already (by hf_corrdistill, or by a
+    student loaded before).
+
+    Imported as remote code (`trust_remote_code=True`), this file makes the folders that scripts save from a loaded
+    student (a config.json with `auto_map`, beside a feature extractor and a tokenizer) load with `AutoConfig` and
+    `AutoProcessor` in the same process without asking again for remote code, as the stock CTC script's
+    `AutoProcessor.from_pretrained(output_dir)` does. Once registered, this class serves every `corrdistill` config
+    loaded in the process.
+    """
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if CorrDistillConfig.model_type not in CONFIG_MAPPING:
+        AutoConfig.register(CorrDistillConfig.model_type, CorrDistillConfig)
+
+
+_register_model_type()
 
 __all__ = ["CorrDistillConfig"]
