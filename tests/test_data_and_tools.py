@@ -218,3 +218,44 @@ def test_joined_splits(tmp_path):
             write(tmp_path / split / f"{split}{i}.wav", np.full(9000, 0.1, dtype=np.float32))
     assert len(load_audio_source(str(tmp_path), "a+b")) == 5
     assert len(list(load_audio_source(str(tmp_path), "a+b", streaming=True))) == 5
+
+
+def test_zero_byte_file_is_skipped_as_empty(tmp_path):
+    for i in range(2):
+        write(tmp_path / f"u{i}.wav", np.random.default_rng(i).standard_normal(9000).astype(np.float32) * 0.1)
+    (tmp_path / "u2.wav").write_bytes(b"")  # a zero-byte .wav: empty, not undecodable
+    sf.write(tmp_path / "u3.wav", np.zeros(0, dtype=np.float32), 16000)  # a header and no samples: empty too
+    (tmp_path / "u4.wav").write_bytes(b"RIFF not really")  # broken: still undecodable
+    with pytest.raises(AudioDecodeError, match="u2.wav") as error:
+        decode_audio({"path": str(tmp_path / "u2.wav"), "bytes": None})
+    assert error.value.reason == "empty"
+    with pytest.raises(AudioDecodeError) as error:
+        decode_audio({"path": None, "bytes": b""})
+    assert error.value.reason == "empty"
+    dataset = CroppedAudioDataset(load_audio_source(str(tmp_path)), "audio", max_length=8000, min_length=4000, seed=0)
+    with pytest.warns(UserWarning):
+        examples = [dataset[i] for i in range(len(dataset))]
+    assert all(len(e["input_values"]) == 8000 for e in examples)
+    assert dict(dataset.skipped) == {"empty": 2, "undecodable": 1}
+
+
+def test_folders_named_like_audio_are_not_listed(tmp_path):
+    from hf_corrdistill.data.views import NoiseBank, load_impulse_responses
+
+    for folder in ("speech", "noise", "rooms"):
+        (tmp_path / folder / "album.wav").mkdir(parents=True)  # a directory with an audio suffix
+        write(tmp_path / folder / "album.wav" / "inside.wav", np.full(9000, 0.1, dtype=np.float32))
+        write(tmp_path / folder / "a.flac", np.full(9000, 0.2, dtype=np.float32))
+    source = load_audio_source(str(tmp_path / "speech"))
+    assert sorted(row["path"].split("/")[-1] for row in source["audio"]) == ["a.flac", "inside.wav"]
+    dataset = CroppedAudioDataset(source, "audio", max_length=8000, min_length=4000, seed=0)
+    for epoch in range(2):
+        dataset.set_epoch(epoch)
+        [dataset[i] for i in range(len(dataset))]
+    assert sum(dataset.skipped.values()) == 0
+    bank = NoiseBank([str(tmp_path / "noise")], cache_dir=str(tmp_path / "cache"))
+    assert sorted(f.split("/")[-1] for f in bank.files) == ["a.flac", "inside.wav"]
+    assert len(load_impulse_responses(str(tmp_path / "rooms"))) == 2
+    (tmp_path / "only_dirs" / "x.ogg").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no .flac"):
+        load_audio_source(str(tmp_path / "only_dirs"))

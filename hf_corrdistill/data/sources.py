@@ -6,6 +6,8 @@ Every source becomes a `datasets` dataset with an ``Audio(decode=False)`` column
 
 import io
 import logging
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +35,18 @@ class AudioDecodeError(ValueError):
         self.reason = reason
 
 
+def audio_files_under(root: Path) -> Iterator[Path]:
+    """The audio files under ``root``, recursively, unsorted: regular files with a suffix of `AUDIO_SUFFIXES`
+    (any case); a directory named like one (``x.wav/``) is not listed."""
+    return (p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+
+
 def _audio_files(folder: Path, split: str) -> list[str]:
     """Audio files of ``split``: those under ``folder/split`` if it exists, else all of ``folder`` for "train"."""
     root = folder / split if (folder / split).is_dir() else folder
     if root is folder and split != "train":
         raise FileNotFoundError(f"no folder {folder / split} for split {split!r}")
-    files = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    files = sorted(str(p) for p in audio_files_under(root))
     if not files:
         raise FileNotFoundError(f"no {'/'.join(AUDIO_SUFFIXES)} files under {root}")
     return files
@@ -138,19 +146,35 @@ def default_feature_extractor() -> Wav2Vec2FeatureExtractor:
 
 
 def describe(value: dict[str, Any]) -> str:
+    """The name of an ``Audio`` value in messages: its path, or "<in-memory audio>"."""
     return str(value.get("path") or "<in-memory audio>")
+
+
+def _holds_no_bytes(value: dict[str, Any]) -> bool:
+    """Whether an ``Audio`` value is a zero-byte file or zero bytes in memory (so nothing to decode)."""
+    if value.get("bytes"):
+        return False
+    if value.get("path"):
+        try:
+            return os.path.getsize(value["path"]) == 0
+        except OSError:  # missing or unreadable: not known to be empty
+            return False
+    return value.get("bytes") is not None
 
 
 def decode_audio(value: dict[str, Any], sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode an undecoded ``Audio`` value ({"bytes", "path"}) to float32 mono at ``sample_rate``.
 
-    Raises `AudioDecodeError` naming the file for unreadable, empty, silent or non-finite audio.
+    Raises `AudioDecodeError` naming the file for unreadable, empty (no samples, or a zero-byte file), silent or
+    non-finite audio.
     """
     name = describe(value)
     try:
         source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
         samples, rate = sf.read(source, dtype="float32", always_2d=True)  # (T, channels)
     except Exception as error:  # soundfile raises several types for broken files
+        if _holds_no_bytes(value):
+            raise AudioDecodeError(f"{name} is an empty file (0 bytes)", "empty") from error
         raise AudioDecodeError(f"cannot decode {name}: {error}", "undecodable") from error
     samples = samples.mean(axis=1)  # mono
     if samples.size == 0:

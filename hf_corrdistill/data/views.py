@@ -19,7 +19,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .sources import AUDIO_SUFFIXES, SAMPLE_RATE, decode_audio, is_saved_dataset, load_audio_source
+from .sources import AUDIO_SUFFIXES, SAMPLE_RATE, audio_files_under, decode_audio, is_saved_dataset, load_audio_source
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class NoiseBank:
         for source in sources:
             root = Path(source)
             if root.is_dir() and not is_saved_dataset(root):
-                found = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+                found = sorted(audio_files_under(root))
                 if not found:
                     raise FileNotFoundError(f"noise folder {source} holds no {'/'.join(AUDIO_SUFFIXES)} files")
                 self.files.extend(self._at_16k(path, cache) for path in found)
@@ -135,7 +135,7 @@ class NoiseBank:
                 sf.write(folder / f"{index:06d}.flac", decode_audio(row["audio"]), SAMPLE_RATE, subtype="PCM_16")
             done.write_text(source + "\n")
             logger.info("wrote %d noise files of %s to %s", len(dataset), source, folder)
-        files = sorted(str(p) for p in folder.glob("*.flac"))
+        files = sorted(str(p) for p in folder.glob("*.flac") if p.is_file())
         if not files:
             raise FileNotFoundError(f"noise dataset {source} holds no audio")
         return files
@@ -167,7 +167,7 @@ def simulated_room(rng: np.random.Generator, rt60_range: tuple[float, float] = (
 
 def load_impulse_responses(folder: str) -> list[np.ndarray]:
     """Every audio file of ``folder`` as a 16 kHz impulse response of unit energy."""
-    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    paths = sorted(audio_files_under(Path(folder)))
     if not paths:
         raise FileNotFoundError(f"impulse-response folder {folder} holds no {'/'.join(AUDIO_SUFFIXES)} files")
     responses = [decode_audio({"path": str(p), "bytes": None}) for p in paths]
