@@ -142,7 +142,8 @@ def _tiny(config_class, **extra):
 
 @pytest.mark.parametrize("family", ["hubert", "wavlm", "wav2vec2", "data2vec-audio", "corrdistill"])
 def test_every_upstream_family_gives_per_utterance_hidden_states(family, tmp_path):
-    """Each family through AutoModel; a padded batch (where the model allows one) equals one utterance at a time."""
+    """Each family through AutoModel; one batched forward pass equals one utterance at a time: a padded batch of
+    different lengths where the model allows padding, else a batch of equal lengths (what the cache then forms)."""
     import transformers
 
     from hf_corrdistill import CorrDistillConfig, CorrDistillModel
@@ -164,8 +165,13 @@ def test_every_upstream_family_gives_per_utterance_hidden_states(family, tmp_pat
     upstream = PretrainedUpstream(family, str(tmp_path), torch.device("cpu"))
     assert upstream.accepts_padding == (family != "data2vec-audio")  # its positional convolutions see padding
     assert upstream.num_layers == 3 and upstream.hidden_size == 32
-    waves = [np.random.default_rng(i).standard_normal(n).astype(np.float32) for i, n in enumerate((8000, 12345))]
-    batched = upstream(waves) if upstream.accepts_padding else [upstream([w])[0] for w in waves]
+    lengths = (8000, 12345) if upstream.accepts_padding else (12345, 12345)
+    waves = [np.random.default_rng(i).standard_normal(n).astype(np.float32) for i, n in enumerate(lengths)]
+    assert not np.array_equal(waves[0][:8000], waves[1][:8000])
+    batched = upstream(waves)  # a single forward pass over both
+    if not upstream.accepts_padding:
+        with pytest.raises(ValueError, match="equal length"):
+            upstream([waves[0][:8000], waves[1]])
     for wave, hidden in zip(waves, batched, strict=True):
         alone = upstream([wave])[0]
         assert hidden.shape == (3, upstream.frames(wave.size), 32) == alone.shape

@@ -2,12 +2,13 @@
 
 import argparse
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 
 from .conditions import Condition, parse_conditions
-from .downstream import PROFILES, HeadSettings
+from .registry import TASKS as SPECS
+from .registry import HeadSettings, Option
 
-TASKS = ("ks", "ic", "asr")
+TASKS = tuple(SPECS)
 
 
 def _per_task(values: list[str], name: str, kind: type = int) -> dict[str, int | float]:
@@ -29,32 +30,42 @@ def _per_task(values: list[str], name: str, kind: type = int) -> dict[str, int |
     return parsed
 
 
+def _quick_steps() -> str:
+    """"600 (KS, IC) and 300 (ASR)": the quick profile's steps, tasks with the same count together."""
+    groups: dict[int, list[str]] = {}
+    for spec in SPECS.values():
+        groups.setdefault(spec.profiles["quick"].steps, []).append(spec.name.upper())
+    return " and ".join(f"{steps} ({', '.join(names)})" for steps, names in groups.items())
+
+
+def _task_field(option: Option):
+    """The dataclass field of a task's flag."""
+    if isinstance(option.default, tuple):
+        return field(default_factory=lambda: list(option.default), metadata={"help": option.help})
+    return field(default=option.default, metadata={"help": option.help})
+
+
+TASK_DATA = [option for spec in SPECS.values() for option in spec.data]
+TASK_OPTIONS = [option for spec in SPECS.values() for option in spec.options]
+SPLIT_FLAGS = [option.name for option in TASK_OPTIONS if option.splits] + ["dataset_splits"]
+
+
 @dataclass
-class EvalArguments:
+class _CommonArguments:
+    """The flags every task shares; `EvalArguments` adds those of the tasks in the registry."""
+
     upstream: list[str] = field(default_factory=list, metadata={
         "help": "Upstream(s) to compare, repeatable: a model folder or Hub id AutoModel loads, or fbank / mfcc; "
                 "NAME=PATH names it in the tables."})
-    tasks: list[str] = field(default_factory=lambda: list(TASKS), metadata={"help": "Tasks: ks, ic, asr."})
+    tasks: list[str] = field(default_factory=lambda: list(TASKS), metadata={
+        "help": f"Tasks: {', '.join(TASKS)}."})
     data: str | None = field(default=None, metadata={
-        "help": "A folder holding the official layouts under their own names: speech_commands_v0.01, "
-                "speech_commands_test_set_v0.01, fluent_speech_commands_dataset, LibriSpeech."})
-    ks_data: str | None = field(default=None, metadata={
-        "help": "Speech Commands v0.01 folder, or a `datasets` source with audio and word labels."})
-    ks_test_data: str | None = field(default=None, metadata={"help": "Speech Commands v0.01 test-set folder."})
-    ic_data: str | None = field(default=None, metadata={
-        "help": "Fluent Speech Commands folder, or a `datasets` source with audio, action, object, location."})
-    asr_data: str | None = field(default=None, metadata={
-        "help": "LibriSpeech folder, or a `datasets` source with audio and text."})
-    asr_splits: list[str] = field(default_factory=lambda: ["train-clean-100", "dev-clean", "test-clean"],
-                                  metadata={"help": "LibriSpeech train, dev and test subsets."})
+        "help": "A folder holding the official layouts under their own names: "
+                f"{', '.join(option.folder for option in TASK_DATA)}."})
     dataset_splits: list[str] = field(default_factory=lambda: ["train", "validation", "test"],
                                       metadata={"help": "train, dev and test split names of `datasets` sources."})
     dataset_config: str | None = field(default=None, metadata={"help": "Config name of `datasets` sources."})
     audio_column: str = field(default="audio", metadata={"help": "Audio column of `datasets` sources."})
-    ks_label_column: str = field(default="label", metadata={"help": "Word column of a KS `datasets` source."})
-    ic_label_columns: list[str] = field(default_factory=lambda: ["action", "object", "location"],
-                                        metadata={"help": "Intent columns of an IC `datasets` source."})
-    text_column: str = field(default="text", metadata={"help": "Transcript column of an ASR `datasets` source."})
     noise: list[str] = field(default_factory=list, metadata={
         "help": "Noise for the noisy test copies (folders or `datasets` sources); keep it disjoint from the noise "
                 "used in distillation."})
@@ -66,8 +77,7 @@ class EvalArguments:
         "help": "'weighted' (learnable softmax-weighted sum of all hidden states), 'last', or a layer index."})
     layer_norm: bool = field(default=False, metadata={"help": "Layer-normalise each hidden state before the sum."})
     quick: bool = field(default=False, metadata={
-        "help": f"Few steps for small budgets: {PROFILES['quick']['ks'].steps} (KS, IC) and "
-                f"{PROFILES['quick']['asr'].steps} (ASR) instead of SUPERB's 200k."})
+        "help": f"Few steps for small budgets: {_quick_steps()} instead of SUPERB's 200k."})
     steps: list[str] = field(default_factory=list, metadata={"help": "Head training steps: N, or TASK=N entries."})
     eval_steps: list[str] = field(default_factory=list, metadata={
         "help": "Dev evaluation interval: N, or TASK=N entries."})
@@ -101,15 +111,16 @@ class EvalArguments:
             raise ValueError("--unseen_noise needs at least one SNR in --snrs")
         if self.layer not in ("weighted", "last") and not self.layer.lstrip("-").isdigit():
             raise ValueError(f"--layer takes 'weighted', 'last' or a layer index, not {self.layer!r}")
-        if len(self.asr_splits) != 3 or len(self.dataset_splits) != 3:
-            raise ValueError("--asr_splits and --dataset_splits take three names: train, dev, test")
+        if any(len(getattr(self, name)) != 3 for name in SPLIT_FLAGS):
+            raise ValueError(f"{' and '.join(f'--{name}' for name in SPLIT_FLAGS)} take three names: train, dev, test")
         steps, eval_steps = _per_task(self.steps, "steps"), _per_task(self.eval_steps, "eval_steps")
         rates = _per_task(self.learning_rate, "learning_rate", float)
-        profile = PROFILES["quick" if self.quick else "superb"]
+        profile = "quick" if self.quick else "superb"
         self.head_settings: dict[str, HeadSettings] = {}
         for task in self.tasks:
-            total = steps.get(task, profile[task].steps)
-            every = min(eval_steps.get(task, profile[task].eval_steps), total)
+            defaults = SPECS[task].profiles[profile]
+            total = steps.get(task, defaults.steps)
+            every = min(eval_steps.get(task, defaults.eval_steps), total)
             self.head_settings[task] = HeadSettings(total, every, self.batch_size,
                                                      rates.get(task, HeadSettings.learning_rate))
         if self.asr_size is None:
@@ -122,11 +133,30 @@ class EvalArguments:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+EvalArguments = make_dataclass(
+    "EvalArguments", [(option.name, option.annotation, _task_field(option)) for option in TASK_DATA + TASK_OPTIONS],
+    bases=(_CommonArguments,),
+    namespace={"__module__": __name__, "__doc__": "Every flag of eval_superb.py: the shared ones and each task's."})
+
+
+def _flag_order() -> list:
+    """The fields in the order --help lists them: each task's data flags after --data, its other flags after
+    --audio_column."""
+    common = [f for f in fields(EvalArguments) if f.name not in {o.name for o in TASK_DATA + TASK_OPTIONS}]
+    by_name = {f.name: f for f in fields(EvalArguments)}
+    ordered = []
+    for f in common:
+        ordered.append(f)
+        extra = TASK_DATA if f.name == "data" else TASK_OPTIONS if f.name == "audio_column" else []
+        ordered += [by_name[option.name] for option in extra]
+    return ordered
+
+
 def parse(argv: list[str]) -> EvalArguments:
     """Flags -> `EvalArguments`; list flags take several values and may be repeated (--upstream A --upstream B)."""
     parser = argparse.ArgumentParser(prog="eval_superb.py", description="SUPERB KS / IC / ASR, clean and noisy, "
                                      "for several upstreams side by side.")
-    for f in fields(EvalArguments):
+    for f in _flag_order():
         flag, help_text = f"--{f.name}", f.metadata["help"]
         if f.type is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)

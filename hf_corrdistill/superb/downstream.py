@@ -2,7 +2,7 @@
 
 import copy
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import evaluate
@@ -12,30 +12,12 @@ from torch import nn
 
 from .cache import CachedFeatures
 from .heads import CTCHead, UtteranceHead, WeightedLayerSum, spec_augment
+from .registry import TASKS, HeadSettings
 from .tasks import CTC_VOCAB, Item, TaskData
 
 logger = logging.getLogger(__name__)
 
 WER_METRIC = str(Path(__file__).with_name("wer"))
-
-
-@dataclass(frozen=True)
-class HeadSettings:
-    steps: int
-    eval_steps: int
-    batch_size: int = 32
-    learning_rate: float = 1e-4
-    max_grad_norm: float = 1.0
-
-
-# s3prl's SUPERB recipes (downstream/{speech_commands,fluent_commands,asr}/config.yaml) and a profile for small budgets
-PROFILES = {
-    "superb": {"ks": HeadSettings(200_000, 5_000), "ic": HeadSettings(200_000, 5_000),
-               "asr": HeadSettings(200_000, 2_000)},
-    "quick": {"ks": HeadSettings(600, 100), "ic": HeadSettings(600, 100), "asr": HeadSettings(300, 100)},
-}
-HIGHER_IS_BETTER = {"ks": True, "ic": True, "asr": False}
-METRIC_NAMES = {"ks": "accuracy", "ic": "accuracy", "asr": "wer"}
 
 
 def encode_text(text: str) -> list[int]:
@@ -77,26 +59,28 @@ def collate(batch: list[tuple[torch.Tensor, Item]]) -> dict:
 
 
 class Downstream(nn.Module):
-    """Layer selection (a weighted sum, or the one cached layer) followed by the task's head."""
+    """Layer selection (a weighted sum, or the one cached layer) followed by the task's head: an utterance
+    classifier, or a CTC head (``asr_size`` wide) with SpecAugment in training."""
 
     def __init__(self, task: TaskData, num_layers: int, dim: int, layer_norm: bool, asr_size: int):
         super().__init__()
         self.task = task.name
+        self.kind = TASKS[task.name].head
         self.featurizer = WeightedLayerSum(num_layers, layer_norm) if num_layers > 1 else None
-        if task.name == "asr":
+        if self.kind == "ctc":
             self.head = CTCHead(dim, len(CTC_VOCAB), projection=asr_size, hidden=asr_size)
         else:
             self.head = UtteranceHead(dim, tuple(len(names) for names in task.label_names))
 
     def forward(self, hidden: torch.Tensor, lengths: torch.Tensor):
         features = self.featurizer(hidden) if self.featurizer is not None else hidden[:, 0]  # (B, F, D)
-        if self.task == "asr" and self.training:
+        if self.kind == "ctc" and self.training:
             features = spec_augment(features, self.generator)
         return self.head(features, lengths)
 
     def loss(self, batch: dict) -> torch.Tensor:
         outputs = self(batch["hidden"], batch["lengths"])
-        if self.task == "asr":  # outputs: (B, F, V) log-probs
+        if self.kind == "ctc":  # outputs: (B, F, V) log-probs
             targets = [torch.tensor(encode_text(t)) for t in batch["texts"]]
             return F.ctc_loss(outputs.transpose(0, 1), torch.cat(targets).to(outputs.device), batch["lengths"],
                               torch.tensor([len(t) for t in targets]), zero_infinity=True)
@@ -110,25 +94,25 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 @torch.no_grad()
 def score(model: Downstream, dataset: Features, device: torch.device, batch_size: int = 32) -> float:
-    """Accuracy (KS; IC: all three slots right) or WER (ASR) of ``model`` on ``dataset``."""
+    """Accuracy (every output right: IC's three slots) of an utterance head, WER of a CTC head, on ``dataset``."""
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
     correct, predictions, references = 0, [], []
     for batch in loader:
         batch = _to(batch, device)
         outputs = model(batch["hidden"], batch["lengths"])
-        if model.task == "asr":
+        if model.kind == "ctc":
             predictions += [greedy_decode(o, int(n)) for o, n in zip(outputs.cpu(), batch["lengths"], strict=True)]
             references += batch["texts"]
         else:
             guesses = torch.stack([logits.argmax(-1) for logits in outputs], dim=1)  # (B, K)
             correct += int((guesses == batch["labels"]).all(dim=1).sum())
     model.train()
-    return word_error_rate(predictions, references) if model.task == "asr" else correct / len(dataset)
+    return word_error_rate(predictions, references) if model.kind == "ctc" else correct / len(dataset)
 
 
 def _sampler(task: TaskData, items: list[Item], samples: int, generator: torch.Generator):
-    if task.name == "ks":  # class-balanced, as SUPERB's KS recipe
+    if TASKS[task.name].sampler == "class_balanced":  # as SUPERB's KS recipe
         counts = torch.bincount(torch.tensor([item.labels[0] for item in items]), minlength=len(task.label_names[0]))
         weights = torch.tensor([1.0 / counts[item.labels[0]] for item in items], dtype=torch.double)
         return torch.utils.data.WeightedRandomSampler(weights, samples, replacement=True, generator=generator)
@@ -151,7 +135,8 @@ def train_head(task: TaskData, train: Features, dev: Features, tests: dict[str, 
                        batch_size)
     sampler = _sampler(task, train.items, settings.steps * batch_size, torch.Generator().manual_seed(seed))
     loader = torch.utils.data.DataLoader(train, batch_size=batch_size, sampler=sampler, collate_fn=collate)
-    better = (lambda a, b: a > b) if HIGHER_IS_BETTER[task.name] else (lambda a, b: a < b)
+    spec = TASKS[task.name]
+    better = (lambda a, b: a > b) if spec.higher_is_better else (lambda a, b: a < b)
     best, best_step, best_state, history = None, 0, None, []
     model.train()
     for step, batch in enumerate(loader, start=1):
@@ -162,14 +147,13 @@ def train_head(task: TaskData, train: Features, dev: Features, tests: dict[str, 
         optimizer.step()
         if step % settings.eval_steps == 0 or step == settings.steps:
             dev_score = score(model, dev, device)
-            history.append({"step": step, "train_loss": loss.item(), f"dev_{METRIC_NAMES[task.name]}": dev_score})
-            logger.info("%s step %d: loss %.4f, dev %s %.4f", task.name, step, loss.item(), METRIC_NAMES[task.name],
-                        dev_score)
+            history.append({"step": step, "train_loss": loss.item(), f"dev_{spec.metric}": dev_score})
+            logger.info("%s step %d: loss %.4f, dev %s %.4f", task.name, step, loss.item(), spec.metric, dev_score)
             if best is None or better(dev_score, best):
                 best, best_step, best_state = dev_score, step, copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
     result = {
-        "metric": METRIC_NAMES[task.name],
+        "metric": spec.metric,
         "dev": best,
         "best_step": best_step,
         "test": {name: score(model, dataset, device) for name, dataset in tests.items()},

@@ -1,4 +1,5 @@
-"""`eval_superb.py`: parse, check, evaluate; a configuration or data mistake is one line and exit code 2."""
+"""`eval_superb.py`: parse, check, evaluate; a configuration or data mistake is one line and exit code 2 (audio
+files it cannot use are named together in that line)."""
 
 import logging
 import sys

@@ -4,8 +4,9 @@ import json
 from pathlib import Path
 
 from .conditions import Condition
+from .registry import TASKS
 
-TITLES = {"ks": "Keyword spotting (accuracy %)", "ic": "Intent classification (accuracy %)", "asr": "ASR (WER %)"}
+TITLES = {name: spec.title for name, spec in TASKS.items()}  # task -> table heading and plot axis
 
 
 def _percent(value: float | None) -> str:

@@ -11,50 +11,76 @@ from pathlib import Path
 import soundfile as sf
 import torch
 
-from ..data.sources import SAMPLE_RATE
 from ..data.views import NoiseBank
 from .arguments import EvalArguments
 from .cache import FeatureCache, cache_key
 from .conditions import Condition, NoisyCopies, content_hashes
 from .downstream import Features, train_head
+from .registry import TASKS, Option
 from .report import write
-from .tasks import Item, TaskData, fluent_speech_commands, from_datasets, librispeech, read_audio, speech_commands
+from .tasks import (
+    Item,
+    TaskData,
+    TaskDataError,
+    UnusableAudio,
+    audio_headers,
+    decode_problems,
+    file_name,
+    from_datasets,
+    read_audio,
+)
 from .upstream import check_upstream, describe_upstream, load_upstream, parse_upstream, upstream_training_noise
 
 logger = logging.getLogger(__name__)
 
-OFFICIAL = {"ks": "speech_commands_v0.01", "ks_test": "speech_commands_test_set_v0.01",
-            "ic": "fluent_speech_commands_dataset", "asr": "LibriSpeech"}
-
-
-def _source(args: EvalArguments, name: str) -> Path | str:
-    given = getattr(args, f"{name}_data")
+def _source(args: EvalArguments, option: Option) -> Path | str:
+    given = getattr(args, option.name)
     if given is not None:
         return given
     if args.data is None:
-        raise ValueError(f"no data for {name.replace('_', ' ')}: give --data (a folder holding {OFFICIAL[name]}) "
-                         f"or --{name}_data")
-    return Path(args.data) / OFFICIAL[name]
+        what = option.name.removesuffix("_data").replace("_", " ")
+        raise ValueError(f"no data for {what}: give --data (a folder holding {option.folder}) or --{option.name}")
+    return Path(args.data) / option.folder
 
 
 def load_task(args: EvalArguments, task: str) -> TaskData:
     """The task's train/dev/test items, from its official folder layout or from a `datasets` source."""
-    source = _source(args, task)
-    folder = Path(source)
-    shared = {"config_name": args.dataset_config, "audio_column": args.audio_column}
-    if task == "ks":
-        if (folder / "validation_list.txt").is_file():
-            return speech_commands(folder, Path(_source(args, "ks_test")), seed=args.seed)
-        return from_datasets("ks", str(source), tuple(args.dataset_splits), label_columns=(args.ks_label_column,),
-                             **shared)
-    if task == "ic":
-        if (folder / "data" / "train_data.csv").is_file():
-            return fluent_speech_commands(folder)
-        return from_datasets("ic", str(source), tuple(args.dataset_splits), label_columns=tuple(args.ic_label_columns),
-                             **shared)
-    if (folder / args.asr_splits[0]).is_dir():
-        return librispeech(folder, tuple(args.asr_splits))
-    return from_datasets("asr", str(source), tuple(args.dataset_splits), text_column=args.text_column, **shared)
+    spec = TASKS[task]
+    source = _source(args, spec.data[0])
+    if spec.is_official(Path(source), args):
+        return spec.official([Path(source)] + [Path(_source(args, option)) for option in spec.data[1:]], args)
+    return from_datasets(task, str(source), tuple(args.dataset_splits), config_name=args.dataset_config,
+                         audio_column=args.audio_column, **spec.dataset_columns(args))
+
+
+def _items(tasks: dict[str, TaskData]) -> list[Item]:
+    return [item for data in tasks.values() for split in data.splits.values() for item in split]
+
+
+def check_audio(tasks: dict[str, TaskData]) -> dict[str, int]:
+    """Every file's frame count from its header; files that cannot be used are one `UnusableAudio` naming all of
+    them: when a header shows one, every other file is decoded too, so that one run lists them all."""
+    items = _items(tasks)
+    frames, problems = audio_headers(items)
+    if problems:
+        logger.info("%d file(s) with unusable headers; decoding the others to list every file that cannot be used",
+                    len(problems))
+        raise UnusableAudio({**problems, **decode_problems(items, skip=problems)})
+    return frames
+
+
+def _all_unusable(tasks: dict[str, TaskData], first: UnusableAudio) -> UnusableAudio:
+    """``first`` (met in the feature pass) and every other file that cannot be decoded."""
+    logger.info("%s; decoding every file to list all that cannot be used", first)
+    return UnusableAudio({**first.problems, **decode_problems(_items(tasks), skip=first.problems)})
+
+
+def _noise_bank(sources: list[str], cache_dir: str | None) -> NoiseBank:
+    """The noise of ``sources``; a noise file soundfile cannot open is one line naming it."""
+    try:
+        return NoiseBank(sources, cache_dir)
+    except sf.SoundFileError as error:
+        raise TaskDataError(f"noise {', '.join(sources)}: {error}") from error
 
 
 def check_noise_disjoint(banks: dict[str, NoiseBank], upstream_specs: list[tuple[str, str]],
@@ -78,16 +104,16 @@ def check_noise_disjoint(banks: dict[str, NoiseBank], upstream_specs: list[tuple
                              f"({', '.join(present)}): choose test noise disjoint from training noise")
 
 
-def check_cache_room(cache: FeatureCache, upstream, layer: int | None, jobs: list[tuple[str, list[Item]]]) -> None:
-    """Refuse to start features that cannot fit on the cache's disk (float16, every layer unless one is chosen)."""
+def check_cache_room(cache: FeatureCache, upstream, layer: int | None, jobs: list[tuple[str, list[Item]]],
+                     file_frames: dict[str, int]) -> None:
+    """Refuse to start features that cannot fit on the cache's disk (float16, every layer unless one is chosen).
+    ``file_frames``: each file's frame count, from `check_audio`."""
     frames = 0
     for key, items in jobs:
         if cache.is_complete(key):
             continue
         for item in items:
-            samples = item.frames if item.frames >= 0 else (
-                sf.info(item.audio["path"]).frames if item.audio.get("path") else SAMPLE_RATE * 10)
-            frames += upstream.frames(samples)
+            frames += upstream.frames(item.frames if item.frames >= 0 else file_frames[file_name(item)])
     needed = frames * (upstream.num_layers if layer is None else 1) * upstream.hidden_size * 2
     cache.root.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(cache.root).free
@@ -107,7 +133,8 @@ def _digest(value) -> str:
 
 
 def run(args: EvalArguments) -> dict:
-    """Everything `eval_superb.py` does; returns the results it writes. Every check runs before any features."""
+    """Everything `eval_superb.py` does; returns the results it writes. Every check runs before any features,
+    audio that fails to decode stops the feature pass with one error naming every such file."""
     started = time.time()
     specs = [parse_upstream(spec) for spec in args.upstream]
     names = [name for name, _ in specs]
@@ -116,9 +143,10 @@ def run(args: EvalArguments) -> dict:
     for name, spec in specs:
         check_upstream(name, spec, args.trust_remote_code)
     tasks = {task: load_task(args, task) for task in args.tasks}
-    banks = {"seen": NoiseBank(args.noise, args.noise_cache_dir)} if args.noise else {}
+    file_frames = check_audio(tasks)
+    banks = {"seen": _noise_bank(args.noise, args.noise_cache_dir)} if args.noise else {}
     if args.unseen_noise:
-        banks["unseen"] = NoiseBank(args.unseen_noise, args.noise_cache_dir)
+        banks["unseen"] = _noise_bank(args.unseen_noise, args.noise_cache_dir)
     check_noise_disjoint(banks, specs, args.noise_cache_dir)
     noisy = NoisyCopies(banks, args.seed)
     output = Path(args.output_dir)
@@ -140,15 +168,18 @@ def run(args: EvalArguments) -> dict:
                 key = cache_key({"upstream": described[name], "task": task, "split": split,
                                  **noisy.fingerprint(condition)}, items)
                 jobs.append((task, split, condition, items, key))
-        check_cache_room(cache, upstream, layer, [(key, items) for *_, items, key in jobs])
+        check_cache_room(cache, upstream, layer, [(key, items) for *_, items, key in jobs], file_frames)
         for task, split, condition, items, key in jobs:
 
             def audio(item, condition=condition):
                 return noisy(read_audio(item), item.key, condition)
 
-            features[name, task, split, condition.name] = cache.ensure(
-                key, items, audio, upstream, layer, args.upstream_batch_size,
-                label=f"{name}/{task}/{split}/{condition.name}")
+            try:
+                features[name, task, split, condition.name] = cache.ensure(
+                    key, items, audio, upstream, layer, args.upstream_batch_size,
+                    label=f"{name}/{task}/{split}/{condition.name}")
+            except UnusableAudio as error:
+                raise _all_unusable(tasks, error) from None
         del upstream
 
     results: dict[str, dict] = {}

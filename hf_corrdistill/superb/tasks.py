@@ -1,6 +1,8 @@
-"""The three SUPERB tasks we evaluate and their data: official folder layouts or any `datasets` source.
+"""Data of the SUPERB tasks (registry.py lists them): official folder layouts or any `datasets` source.
 
 Each loader returns a `TaskData`: train, dev and test lists of `Item`s whose audio is read lazily by `read_audio`.
+Files that cannot be used are reported together: `audio_headers` checks every header before any work, and
+`decode_problems` decodes every file once the first undecodable one is met.
 """
 
 import csv
@@ -9,6 +11,7 @@ import io
 import logging
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,11 +19,10 @@ import numpy as np
 import soundfile as sf
 
 from ..data.sources import AUDIO_SUFFIXES, SAMPLE_RATE, AudioDecodeError, decode_audio, load_audio_source
+from .registry import KS_CLASSES, KS_WORDS, TASKS
 
 logger = logging.getLogger(__name__)
 
-KS_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
-KS_CLASSES = (*KS_WORDS, "_unknown_", "_silence_")
 IC_FIELDS = ("action", "object", "location")
 CTC_VOCAB = ("<blank>", "|", "'", *"ABCDEFGHIJKLMNOPQRSTUVWXYZ")  # "|" marks a word boundary
 SPLITS = ("train", "dev", "test")
@@ -28,6 +30,15 @@ SPLITS = ("train", "dev", "test")
 
 class TaskDataError(ValueError):
     """Task data that cannot be used; the message names the file, folder or field."""
+
+
+class UnusableAudio(TaskDataError):
+    """Audio files that cannot be used, all in one message; ``problems`` maps each file to the reason."""
+
+    def __init__(self, problems: dict[str, str]):
+        self.problems = dict(problems)
+        listed = ", ".join(f"{name} ({reason})" for name, reason in self.problems.items())
+        super().__init__(f"{len(self.problems)} file{'s' * (len(self.problems) > 1)} cannot be used: {listed}")
 
 
 @dataclass(frozen=True)
@@ -54,22 +65,91 @@ class TaskData:
     counts: dict = field(default_factory=dict)
 
 
+def file_name(item: Item) -> str:
+    """How messages name the item's audio: the file's path, or the item's key for audio held as bytes."""
+    return item.key if item.audio.get("bytes") or not item.audio.get("path") else item.audio["path"]
+
+
+def _soundfile_reason(error: Exception) -> str:
+    """"Error opening 'x.wav': Format not recognised." -> "Format not recognised"."""
+    return str(error).splitlines()[0].rsplit(": ", 1)[-1].rstrip(".") or type(error).__name__
+
+
+_DECODE_REASONS = {"empty": "empty", "non_finite": "NaN or inf samples"}
+
+
 def read_audio(item: Item) -> np.ndarray:
-    """The item's float32 mono 16 kHz samples; an unreadable file is an error naming it (a test set is fixed: no
-    utterance may be dropped), all-zero audio is valid here (a `_silence_` clip may be digital silence)."""
+    """The item's float32 mono 16 kHz samples; an unusable file raises `UnusableAudio` naming it (a test set is
+    fixed: no utterance may be dropped), all-zero audio is valid here (a `_silence_` clip may be digital silence)."""
     if item.frames < 0:
         try:
             return decode_audio(item.audio)
         except AudioDecodeError as error:
             if error.reason != "silent":
-                raise TaskDataError(f"{item.key}: {error}") from error
+                cause = f"cannot decode: {_soundfile_reason(error.__cause__ or error)}"
+                raise UnusableAudio({file_name(item): _DECODE_REASONS.get(error.reason, cause)}) from error
             source = io.BytesIO(item.audio["bytes"]) if item.audio.get("bytes") else item.audio["path"]
             return np.zeros(sf.info(source).frames * SAMPLE_RATE // sf.info(source).samplerate, dtype=np.float32)
-    samples, rate = sf.read(item.audio["path"], start=item.start, frames=item.frames, dtype="float32",
-                            always_2d=True)
+    try:
+        samples, rate = sf.read(item.audio["path"], start=item.start, frames=item.frames, dtype="float32",
+                                always_2d=True)
+    except Exception as error:  # soundfile raises several types for broken files
+        raise UnusableAudio({file_name(item): f"cannot decode: {_soundfile_reason(error)}"}) from error
     if rate != SAMPLE_RATE:
         raise TaskDataError(f"{item.audio['path']}: {rate} Hz, crops need 16 kHz files")
+    if not np.isfinite(samples).all():
+        raise UnusableAudio({file_name(item): _DECODE_REASONS["non_finite"]})
     return samples.mean(axis=1)
+
+
+# "data : 32000 (should be 15979)": libsndfile's note on a WAV whose data chunk ends before its declared length
+_SHORT_DATA = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+
+
+def read_header(audio: dict) -> tuple[int, str | None]:
+    """(frames, None) from the header of an undecoded audio value, or (0, why it cannot be used): unreadable, no
+    frames, or data shorter than the header declares (a truncated file)."""
+    try:
+        info = sf.info(io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio["path"])
+    except Exception as error:  # soundfile raises several types for broken files
+        return 0, f"unreadable: {_soundfile_reason(error)}"
+    if info.frames <= 0:
+        return 0, "empty"
+    short = _SHORT_DATA.search(info.extra_info or "")
+    if short and 0 < int(short[2]) < int(short[1]) < 0xFFFFFFFF:
+        return 0, f"truncated: {short[2]} of {short[1]} data bytes"
+    return info.frames, None
+
+
+def audio_headers(items: Iterable[Item]) -> tuple[dict[str, int], dict[str, str]]:
+    """Each file's frame count (native rate) from its header, and the files that cannot be used with the reason;
+    one header read per file."""
+    frames, problems = {}, {}
+    for item in items:
+        name = file_name(item)
+        if name in frames or name in problems:
+            continue
+        count, problem = read_header(item.audio)
+        if problem is None:
+            frames[name] = count
+        else:
+            problems[name] = problem
+    return frames, problems
+
+
+def decode_problems(items: Iterable[Item], skip: Iterable[str] = ()) -> dict[str, str]:
+    """Every file among ``items`` (but ``skip``) that `read_audio` cannot use, with the reason."""
+    problems, skipped, done = {}, set(skip), set()
+    for item in items:
+        name = file_name(item)
+        if name in skipped or name in problems or (name, item.start, item.frames) in done:
+            continue
+        done.add((name, item.start, item.frames))
+        try:
+            read_audio(item)
+        except UnusableAudio as error:
+            problems.update(error.problems)
+    return problems
 
 
 def _require(path: Path, what: str) -> Path:
@@ -83,8 +163,8 @@ def _audio_item(path: Path, root: Path, **fields) -> Item:
 
 
 # ---------------------------------------------------------------------------------------------- keyword spotting
-def _ks_class(word: str) -> int:
-    return KS_CLASSES.index(word if word in KS_CLASSES else "_unknown_")
+def _class_index(word: str, classes: tuple[str, ...] = KS_CLASSES) -> int:
+    return classes.index(word if word in classes else "_unknown_")
 
 
 def _silence_crops(files: list[Path], count: int, portion: tuple[float, float], seed: int, root: Path) -> list[Item]:
@@ -94,7 +174,7 @@ def _silence_crops(files: list[Path], count: int, portion: tuple[float, float], 
     items = []
     for index in range(count):
         path = files[index % len(files)]
-        total = sf.info(path).frames
+        total = sf.info(path).frames  # the headers were checked by the caller
         low, high = int(portion[0] * total), int(portion[1] * total) - SAMPLE_RATE
         if high < low:
             raise TaskDataError(f"background noise {path} is too short for 1-second crops")
@@ -122,9 +202,12 @@ def speech_commands(root: Path, test_root: Path, seed: int = 0) -> TaskData:
         if relative in lists["testing"]:
             continue
         split = "dev" if relative in lists["validation"] else "train"
-        splits[split].append(_audio_item(path, root, labels=(_ks_class(word),)))
+        splits[split].append(_audio_item(path, root, labels=(_class_index(word),)))
     noise = sorted(p for p in _require(root / "_background_noise_", "Speech Commands _background_noise_").iterdir()
                    if p.suffix.lower() in AUDIO_SUFFIXES)
+    _, problems = audio_headers(_audio_item(path, root) for path in noise)
+    if problems:
+        raise UnusableAudio(problems)
     for split, portion in (("train", (0.0, 0.8)), ("dev", (0.8, 1.0))):
         if not splits[split]:
             raise TaskDataError(f"no {split} utterances under {root}")
@@ -206,12 +289,15 @@ def _key(source: str, split: str, index: int, audio: dict) -> str:
 def from_datasets(task: str, source: str, split_names: tuple[str, str, str], *, config_name: str | None = None,
                   audio_column: str = "audio", label_columns: tuple[str, ...] = (), text_column: str = "text",
                   ) -> TaskData:
-    """A `datasets` source (Hub id, ``save_to_disk`` folder, parquet) with an audio column and, per task, a label
-    column (ks: words, mapped to the 12 classes), three label columns (ic) or a transcript column (asr)."""
+    """A `datasets` source (Hub id, ``save_to_disk`` folder, parquet) with an audio column and, per task, label
+    columns (a task with fixed classes, as KS: one column of words, mapped to its classes; else one column per
+    output, classes from the training split) or a transcript column (a CTC task, as ASR)."""
+    spec = TASKS[task]
+    ctc = spec.head == "ctc"
     tables = {}
     for split, name in zip(SPLITS, split_names, strict=True):
         table = load_audio_source(source, name, config_name=config_name, audio_column=audio_column)
-        wanted = label_columns if task != "asr" else (text_column,)
+        wanted = (text_column,) if ctc else label_columns
         missing = [c for c in wanted if c not in table.column_names]
         if missing:
             raise TaskDataError(f"{source} split {name!r} has no column(s) {missing}; columns: {table.column_names}")
@@ -223,11 +309,11 @@ def from_datasets(task: str, source: str, split_names: tuple[str, str, str], *, 
         return [feature.int2str(v) for v in values] if hasattr(feature, "int2str") else [str(v) for v in values]
 
     splits, vocab = {}, ()
-    if task == "ic":
+    if not ctc and not spec.classes:
         vocab = tuple(tuple(sorted(set(names_of(tables["train"], c)))) for c in label_columns)
     for split, table in tables.items():
         audio = table[audio_column]
-        if task == "asr":
+        if ctc:
             texts = table[text_column]
             items = [Item(_key(source, split, i, a), a, text=normalise_transcript(t))
                      for i, (a, t) in enumerate(zip(audio, texts, strict=True))]
@@ -236,8 +322,8 @@ def from_datasets(task: str, source: str, split_names: tuple[str, str, str], *, 
             items = []
             for i, a in enumerate(audio):
                 values = [col[i] for col in columns]
-                if task == "ks":
-                    labels = (_ks_class(values[0]),)
+                if spec.classes:
+                    labels = (_class_index(values[0], spec.classes),)
                 else:
                     unseen = [v for v, names in zip(values, vocab, strict=True) if v not in names]
                     if unseen:
@@ -245,4 +331,4 @@ def from_datasets(task: str, source: str, split_names: tuple[str, str, str], *, 
                     labels = tuple(names.index(v) for v, names in zip(values, vocab, strict=True))
                 items.append(Item(_key(source, split, i, a), a, labels=labels))
         splits[split] = items
-    return TaskData(task, splits, (KS_CLASSES,) if task == "ks" else vocab, source)
+    return TaskData(task, splits, (spec.classes,) if spec.classes else vocab, source)
