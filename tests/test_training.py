@@ -18,20 +18,18 @@ from transformers import AutoModel
 from hf_corrdistill import CorrDistillForPreTraining
 from hf_corrdistill.data.crops import AudioCollator, CroppedAudioDataset
 from hf_corrdistill.data.sources import load_audio_source
-from hf_corrdistill.losses import correlation_loss
+from hf_corrdistill.losses import LOSSES, correlation_loss
 from hf_corrdistill.training.arguments import DistillationConfig
+from hf_corrdistill.training.run_record import complete_checkpoint
 from hf_corrdistill.training.teacher import teacher_targets
-from hf_corrdistill.training.train_cli import (
-    ConfigError,
-    _warn_single_cpu_process,
-    complete_checkpoint,
-    main,
-    parse_args,
-)
+from hf_corrdistill.training.train_cli import ConfigError, _warn_single_cpu_process, main, parse_args
 from hf_corrdistill.training.trainer import DistillationTrainer
 
 TINY_CONFIG = str(ROOT / "configs" / "tiny.yaml")
 TERMS = ("on_diagonal", "off_diagonal_cross", "off_diagonal_self", "cosine")
+# Subprocesses that must not reach the Hub: its endpoint is a closed local port (refused at once, no DNS), so they
+# behave alike with or without internet.
+NO_HUB_ENV = {**{k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}, "HF_ENDPOINT": "http://127.0.0.1:9"}
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +53,9 @@ def test_yaml_gives_defaults_and_flags_override(tmp_path, demo_data):
     [
         (["--no_such_flag", "1"], "unknown argument"),
         (["--weighting", "auto"], "weighting"),
-        (["--snr_low", "25"], "snr_high"),
+        (["--weighting_snr_low", "25"], "weighting_snr_high"),
+        (["--snr_low", "25"], "^snr_low was renamed weighting_snr_low$"),
+        (["--view_snr_min", "25"], "inverted SNR range"),  # above the preset's highest SNR, 19 dB
         (["--per_device_train_batch_size", "1"], "batch_size >= 2"),
         (["--per_device_eval_batch_size", "1"], "batch_size >= 2"),
         (["--eval_data", "demo_data/speech", "--eval_split", ""], "name the split"),
@@ -105,10 +105,9 @@ def test_demo_config_starts_its_student_from_the_trained_teacher(tmp_path):
 
 
 def test_paper_config_fails_fast_without_the_hub():
-    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     started = time.monotonic()
     result = subprocess.run([sys.executable, "train.py", "configs/distilhubert-hubert-base.yaml"], cwd=ROOT,
-                            capture_output=True, text=True, env=env, timeout=120)
+                            capture_output=True, text=True, env=NO_HUB_ENV, timeout=120)
     elapsed = time.monotonic() - started
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
@@ -117,7 +116,7 @@ def test_paper_config_fails_fast_without_the_hub():
 
 
 MISTAKES = {  # issue-listed configuration mistakes: train.py arguments -> the one line it must print
-    "inverted SNR range": ["configs/tiny.yaml", "--snr_min", "10", "--snr_max", "0"],
+    "inverted SNR range": ["configs/tiny.yaml", "--view_snr_min", "10", "--view_snr_max", "0"],
     "exceed the depth": ["configs/demo.yaml", "--pred_layers", "2", "9"],
     "frame rates differ": ["configs/tiny.yaml", "--student_overrides", '{"conv_stride": [5, 2, 2, 2, 2, 2, 1]}'],
     "noise source no/such/folder does not exist": ["configs/tiny.yaml", "--noise_sources", "no/such/folder"],
@@ -152,9 +151,8 @@ def test_train_py_checks_its_configuration_before_loading_the_model_code(tmp_pat
         hf_corrdistill.register_auto_classes()  # twice is fine
         print("registered:", AutoModel._model_mapping[hf_corrdistill.CorrDistillConfig].__name__)
     """)
-    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env=env)
+                            env=NO_HUB_ENV)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert len(lines) == len(MISTAKES) + 2, result.stdout
@@ -200,7 +198,8 @@ def test_compute_loss_is_the_correlation_loss_on_teacher_targets(tmp_path, demo_
     with torch.no_grad():
         targets = teacher_targets(trainer.teacher, batch["input_values"], batch["attention_mask"], (1, 2, 3))
     torch.testing.assert_close(out.targets, targets)
-    expected = correlation_loss(out.predictions, targets, out.frame_mask, **trainer.args.loss_kwargs())
+    kwargs = LOSSES[trainer.args.loss].kwargs(trainer.args)
+    expected = correlation_loss(out.predictions, targets, out.frame_mask, **kwargs)
     torch.testing.assert_close(loss, expected.loss)
     assert set(out.terms) == set(TERMS)
 
@@ -337,7 +336,7 @@ def test_streamed_source_with_views_feeds_the_trainer(tmp_path, demo_data):
     "extra,message",
     [
         (["--noise_sources", "no/such/folder"], "noise source no/such/folder does not exist"),
-        (["--snr_min", "15", "--snr_max", "5"], "inverted SNR range"),
+        (["--view_snr_min", "15", "--view_snr_max", "5"], "inverted SNR range"),
         (["--weighting", "snr-reference", "--distortion", "robustdistiller"], "not positive below 10 dB"),
         (["--weighting", "snr", "--views", "clean"], "needs the SNRs of distorted views"),
     ],
@@ -408,6 +407,30 @@ def test_student_that_cannot_copy_the_teacher_fails_with_one_line(tmp_path, demo
                  "num_conv_pos_embeddings": 32, "num_conv_pos_embedding_groups": 4}  # a narrower FFN than the teacher
     with pytest.raises(SystemExit, match="configuration error: cannot initialise the student"):
         main([TINY_CONFIG, "--output_dir", str(tmp_path), "--student_overrides", json.dumps(overrides)])
+
+
+def test_a_key_error_inside_the_run_is_not_a_configuration_error(tmp_path, demo_data, monkeypatch):
+    """Only configuration mistakes become the one-line "configuration error"; a failure of the run keeps its
+    traceback."""
+    from hf_corrdistill.training import train_cli
+
+    def broken(student, teacher):
+        raise KeyError("encoder.layers.0.attention.q_proj.weight")
+
+    monkeypatch.setattr(train_cli, "init_student_from_teacher", broken)
+    with pytest.raises(KeyError, match="q_proj"):
+        main([TINY_CONFIG, "--output_dir", str(tmp_path / "run")])
+    assert not (tmp_path / "run" / "run_config.json").exists()
+
+
+def test_eval_split_none_trains_without_evaluation(tmp_path, demo_data):
+    """tiny.yaml evaluates every 60 steps on its validation split; eval_split none turns evaluation off."""
+    out = tmp_path / "run"
+    main([TINY_CONFIG, "--output_dir", str(out), "--eval_split", "None", "--max_steps", "2", "--save_strategy", "no",
+          "--per_device_train_batch_size", "4", "--max_length", "16000", "--pool_positions", "20", "--eval_steps",
+          "1"])
+    assert not any(key.startswith("eval_") for entry in _log(out) for key in entry)
+    assert not any(key.startswith("eval_") for key in json.loads((out / "distillation_results.json").read_text()))
 
 
 def test_a_batch_of_one_is_skipped_not_fatal(tmp_path, demo_data, caplog):

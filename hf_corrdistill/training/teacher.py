@@ -32,14 +32,16 @@ def _hub_hint(name_or_path: str) -> str:
 
 
 def _hub_reachable(timeout: float = 5.0) -> bool:
-    """One TCP connection to the Hub endpoint: fails in seconds where the library's own retries take half a minute."""
+    """One TCP connection to the Hub endpoint (HF_ENDPOINT, else https://huggingface.co): fails in seconds where
+    the library's own retries take half a minute."""
     from urllib.parse import urlparse
 
     from huggingface_hub import constants
 
     endpoint = urlparse(constants.ENDPOINT)
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
     try:
-        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
     except OSError:
         return False
     return True

@@ -9,30 +9,60 @@ import json
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 import yaml
-from transformers import HfArgumentParser, TrainingArguments, set_seed
+from transformers import HfArgumentParser, set_seed
 
 from .. import register_auto_classes
 from ..data.crops import AudioCollator, CroppedAudioDataset, StreamedCroppedAudio
 from ..data.sources import default_feature_extractor, load_audio_source
 from ..data.views import PRESET_BUILDERS, Distorter, NoiseBank, ViewMaker, load_impulse_responses
 from ..models.corrdistill.configuration_corrdistill import CorrDistillConfig
-from .arguments import DataArguments, DistillationConfig
-from .teacher import check_compatible, init_student_from_teacher, load_teacher, load_teacher_config
+from .arguments import (
+    ConfigError,
+    DataArguments,
+    DistillationConfig,
+    Settings,
+    check_run_settings,
+    renamed_message,
+)
+from .run_record import RUN_CONFIG, check_output_dir, complete_checkpoint, read_run_record, record_run, run_identity
+from .teacher import TeacherError, check_compatible, init_student_from_teacher, load_teacher, load_teacher_config
+
+__all__ = [
+    "RUN_CONFIG",
+    "ConfigError",
+    "build_args",
+    "build_student_config",
+    "build_views",
+    "check_output_dir",
+    "complete_checkpoint",
+    "main",
+    "parse_args",
+    "preview_args",
+    "read_config",
+    "read_run_record",
+    "record_run",
+    "run_identity",
+]
 
 logger = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
-    """A configuration mistake, reported before any work starts."""
-
-
-Settings = DistillationConfig | SimpleNamespace  # a config, or its preview (the same fields, not yet built)
+@contextmanager
+def _config_mistakes(*kinds: type[Exception]):
+    """Errors of ``kinds`` raised while opening what the settings name (data, noise, a student config, the Hub
+    repository) are configuration mistakes: re-raised as `ConfigError`, the same message."""
+    try:
+        yield
+    except kinds as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error  # no quotes around it
+        raise ConfigError(str(message)) from error
 
 
 def read_config(argv: list[str]) -> dict[str, Any]:
@@ -44,14 +74,15 @@ def read_config(argv: list[str]) -> dict[str, Any]:
         path = Path(argv[0])
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        values = yaml.safe_load(path.read_text()) or {}
+        with _config_mistakes(yaml.YAMLError):
+            values = yaml.safe_load(path.read_text()) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"{path} must hold a mapping of field: value")
         argv = argv[1:]
     known = {action.dest for action in parser._actions}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+        raise ConfigError(renamed_message(unknown) or f"unknown config key(s): {', '.join(unknown)}")
     for action in parser._actions:  # flags that are not given must not override the YAML
         action.default = argparse.SUPPRESS
         action.required = False
@@ -60,7 +91,8 @@ def read_config(argv: list[str]) -> dict[str, Any]:
     except argparse.ArgumentError as error:
         raise ConfigError(str(error)) from error
     if rest:
-        raise ConfigError(f"unknown argument(s): {' '.join(rest)}")
+        names = [arg[2:].split("=")[0] for arg in rest if arg.startswith("--")]
+        raise ConfigError(renamed_message(names) or f"unknown argument(s): {' '.join(rest)}")
     values.update(vars(flags))
     if _launched_processes() > 1 and not torch.cuda.is_available():
         values.setdefault("use_cpu", True)  # several processes and no GPU: DDP on the CPU over gloo
@@ -78,19 +110,24 @@ def preview_args(values: dict[str, Any]) -> tuple[SimpleNamespace, DataArguments
     """The run's settings with every check of ours run, in a fraction of a second: a `DistillationConfig.preview`
     (the config's fields, not yet a TrainingArguments) and the `DataArguments`."""
     config_values, data_values = _split(values)
-    try:
-        return DistillationConfig.preview(config_values), DataArguments(**data_values)
-    except (ValueError, TypeError) as error:
-        raise ConfigError(str(error)) from error
+    with _config_mistakes(ValueError, TypeError):
+        preview, data = DistillationConfig.preview(config_values), DataArguments(**data_values)
+        check_run_settings(preview, data)
+    return preview, data
 
 
 def build_args(values: dict[str, Any]) -> tuple[DistillationConfig, DataArguments]:
-    """The `DistillationConfig` (TrainingArguments' own checks run here: seconds of imports) and `DataArguments`."""
+    """The `DistillationConfig` (TrainingArguments' own checks run here: seconds of imports) and `DataArguments`,
+    after the same checks as `preview_args`."""
     config_values, data_values = _split(values)
-    try:
-        return DistillationConfig(**config_values), DataArguments(**data_values)
-    except (ValueError, TypeError) as error:
-        raise ConfigError(str(error)) from error
+    with _config_mistakes(ValueError, TypeError):
+        data = DataArguments(**data_values)
+        if data.eval_split is None and config_values.get("eval_strategy", "no") != "no":
+            logger.warning("no evaluation split (eval_split none): evaluation is off whatever eval_strategy says")
+            config_values["eval_strategy"] = "no"
+        args = DistillationConfig(**config_values)
+        check_run_settings(args, data)
+    return args, data
 
 
 def parse_args(argv: list[str]) -> tuple[DistillationConfig, DataArguments]:
@@ -116,7 +153,8 @@ def _warn_single_cpu_process() -> None:
 
 def build_student_config(args: Settings, teacher_config) -> CorrDistillConfig:
     """Student config: file (or DistilHuBERT defaults) + overrides + the teacher's width and predicted layers."""
-    config = CorrDistillConfig.from_pretrained(args.student_config) if args.student_config else CorrDistillConfig()
+    with _config_mistakes(OSError, ValueError, TypeError):
+        config = CorrDistillConfig.from_pretrained(args.student_config) if args.student_config else CorrDistillConfig()
     updates = dict(args.student_overrides or {})
     unknown = sorted(k for k in updates if not hasattr(config, k))
     if unknown:
@@ -124,111 +162,30 @@ def build_student_config(args: Settings, teacher_config) -> CorrDistillConfig:
     updates["teacher_hidden_size"] = teacher_config.hidden_size
     if args.pred_layers is not None:
         updates["pred_layer_ids"] = tuple(args.pred_layers)
-    return CorrDistillConfig(**{**config.to_dict(), **updates})
+    with _config_mistakes(ValueError, TypeError):
+        return CorrDistillConfig(**{**config.to_dict(), **updates})
 
 
-def build_views(data: DataArguments, weighting: str = "fixed") -> ViewMaker | None:
-    """The teacher/student views the data arguments ask for; noise and impulse-response folders checked here."""
+def build_views(data: DataArguments) -> ViewMaker | None:
+    """The teacher/student views the data arguments ask for, with their noise (and impulse responses) loaded."""
     if data.views == "clean":
-        if weighting != "fixed":
-            raise ConfigError(f"weighting {weighting!r} needs the SNRs of distorted views: set views")
         return None
-    preset = PRESET_BUILDERS[data.distortion]()
-    preset = dataclasses.replace(
-        preset,
-        snr_low=preset.snr_low if data.snr_min is None else data.snr_min,
-        snr_high=preset.snr_high if data.snr_max is None else data.snr_max,
-    )
-    if preset.snr_low > preset.snr_high:
-        raise ConfigError(f"inverted SNR range: {preset.snr_low} > {preset.snr_high} dB")
-    if weighting == "snr-reference" and preset.snr_low < 10:
-        raise ConfigError(f"weighting 'snr-reference' (w = 9.9 snr - 98) is not positive below 10 dB, but the views "
-                          f"reach {preset.snr_low} dB: raise snr_min to 10 or use weighting 'snr'")
-    bank = NoiseBank(data.noise_sources, data.noise_cache_dir)
-    responses = load_impulse_responses(data.impulse_response_dir) if data.impulse_response_dir else None
+    snr_low, snr_high = data.view_snr_range()
+    preset = dataclasses.replace(PRESET_BUILDERS[data.distortion](), snr_low=snr_low, snr_high=snr_high)
+    with _config_mistakes(FileNotFoundError, KeyError, ValueError):  # a missing, empty or unreadable noise source
+        bank = NoiseBank(data.noise_sources, data.noise_cache_dir)
+        responses = load_impulse_responses(data.impulse_response_dir) if data.impulse_response_dir else None
     return ViewMaker(data.views, Distorter(preset, bank, responses, data.clean_probability))
 
 
-RUN_CONFIG = "run_config.json"
-# Not part of a run's identity: its schedule (may grow on resume), how the student is published, how fast it runs.
-_FREE_FIELDS = {"max_steps", "num_train_epochs", "export_format", "cudnn_benchmark"}
-
-
-def run_identity(args: Settings, data: DataArguments) -> dict:
-    """What makes a run this run: teacher, student, objective, data, seed and optimisation (not its schedule,
-    logging or output paths)."""
-    ours = {f.name for f in dataclasses.fields(DistillationConfig)} - {f.name for f in dataclasses.fields(
-        TrainingArguments)}
-    chosen = ours | {"seed", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
-                     "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "warmup_steps",
-                     "lr_scheduler_type", "bf16", "fp16"}
-    identity = {name: getattr(args, name) for name in sorted(chosen - _FREE_FIELDS)}
-    identity.update({f"data.{k}": v for k, v in dataclasses.asdict(data).items() if not k.startswith("eval")})
-    return json.loads(json.dumps(identity, default=str))
-
-
-def complete_checkpoint(folder: Path) -> bool:
-    """A checkpoint is complete when its trainer state, written last, parses: a kill while saving leaves none."""
-    try:
-        json.loads((folder / "trainer_state.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def _setting_defaults() -> dict:
-    """Every recorded setting's default (as run_identity writes it), for records of versions that lacked it."""
-    defaults = {f.name: f.default for f in dataclasses.fields(DistillationConfig)}
-    defaults.update({f"data.{f.name}": f.default for f in dataclasses.fields(DataArguments)})
-    return json.loads(json.dumps(defaults, default=str))
-
-
-def check_output_dir(args: Settings, data: DataArguments) -> str | None:
-    """Refuse an output folder holding another run; resolve ``resume_from_checkpoint`` ("last" allowed). Reads only:
-    `record_run` writes the run's record when training starts.
-
-    Returns the checkpoint to resume from, or None.
-    """
-    output = Path(args.output_dir)
-    identity = run_identity(args, data)
-    saved = output / RUN_CONFIG
-    checkpoints = sorted(output.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    if saved.exists():
-        before = json.loads(saved.read_text())
-        defaults = _setting_defaults()  # a setting added since the record was written matches at its default
-        differs = sorted(k for k in set(before) | set(identity) if before.get(k, defaults.get(k)) != identity.get(k))
-        if differs:
-            raise ConfigError(f"{output} holds a different run (it differs in {', '.join(differs[:8])}); "
-                              "choose another output_dir")
-    elif checkpoints:
-        raise ConfigError(f"{output} holds checkpoints of a run this version did not record; choose another "
-                          "output_dir")
-    resume = args.resume_from_checkpoint
-    if resume in ("last", "true", "True"):
-        complete = [c for c in checkpoints if complete_checkpoint(c)]
-        for broken in sorted(set(checkpoints) - set(complete)):
-            logger.warning("ignoring %s: written only in part (the run stopped while saving it)", broken)
-        resume = str(complete[-1]) if complete else None
-        if resume is None:
-            logger.info("no complete checkpoint in %s: starting from the beginning", output)
-    elif resume is not None and not complete_checkpoint(Path(resume)):
-        raise ConfigError(f"{resume} is not a complete checkpoint (no readable trainer_state.json)")
-    return resume
-
-
-def record_run(args: DistillationConfig, data: DataArguments) -> None:
-    """Write the run's identity into its output folder (the first process only), for `check_output_dir`."""
-    output = Path(args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    if args.process_index == 0:
-        (output / RUN_CONFIG).write_text(json.dumps(run_identity(args, data), indent=2, sort_keys=True) + "\n")
-
-
 def _datasets(data: DataArguments, seed: int, views: ViewMaker | None, batch_size: int):
-    source = load_audio_source(
-        data.train_data, data.train_split, config_name=data.data_config_name, audio_column=data.audio_column,
-        streaming=data.streaming, seed=seed,
-    )
+    """The training dataset and the evaluation one (None without an eval split); a source that cannot be opened
+    (missing, no such split or column) is a configuration mistake."""
+    with _config_mistakes(FileNotFoundError, KeyError, ValueError):
+        source = load_audio_source(
+            data.train_data, data.train_split, config_name=data.data_config_name, audio_column=data.audio_column,
+            streaming=data.streaming, seed=seed,
+        )
     crop = {"audio_column": data.audio_column, "max_length": data.max_length, "min_length": data.min_length,
             "views": views}
     if data.streaming:
@@ -238,10 +195,11 @@ def _datasets(data: DataArguments, seed: int, views: ViewMaker | None, batch_siz
         train = CroppedAudioDataset(source, seed=seed, **crop)
     evaluation = None
     if data.eval_split is not None:
-        eval_source = load_audio_source(
-            data.eval_data or data.train_data, data.eval_split, config_name=data.data_config_name,
-            audio_column=data.audio_column,
-        )
+        with _config_mistakes(FileNotFoundError, KeyError, ValueError):
+            eval_source = load_audio_source(
+                data.eval_data or data.train_data, data.eval_split, config_name=data.data_config_name,
+                audio_column=data.audio_column,
+            )
         if data.max_eval_samples is not None:
             eval_source = eval_source.select(range(min(data.max_eval_samples, len(eval_source))))
         evaluation = CroppedAudioDataset(eval_source, seed=seed, **crop)
@@ -257,15 +215,16 @@ def main(argv: list[str] | None = None) -> None:
         # modeling code, and a mistake should cost a few seconds of imports, not that too.
         settings, data = preview_args(values)
         if settings.push_to_hub:  # an upload that cannot work fails now, not after training
-            from ..hub.push import check_can_push, check_repo_id
+            from ..hub.push import PushError, check_can_push, check_repo_id
 
-            check_repo_id(settings.hub_model_id)
-            check_can_push(settings.hub_token)
+            with _config_mistakes(PushError):
+                check_repo_id(settings.hub_model_id)
+                check_can_push(settings.hub_token)
         teacher_config = load_teacher_config(settings.teacher_name_or_path)
         student_config = build_student_config(settings, teacher_config)
         check_compatible(student_config, teacher_config, settings.teacher_name_or_path)
         resume = check_output_dir(settings, data)
-        views = build_views(data, settings.weighting if settings.loss == "correlation" else "fixed")
+        views = build_views(data)
         train_dataset, eval_dataset = _datasets(data, settings.seed, views, settings.per_device_train_batch_size)
         args, data = build_args(values)
         # Only now the model code: a configuration mistake fails in seconds (train.py defers the registration).
@@ -279,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         student = CorrDistillForPreTraining(student_config)
         if args.init_from_teacher:
             init_student_from_teacher(student, teacher)
-    except (ValueError, FileNotFoundError, KeyError) as error:  # ConfigError, TeacherError and dataclass validation
+    except (ConfigError, TeacherError) as error:  # anything else is a failure of the run: its traceback
         raise SystemExit(f"configuration error: {error}") from None
     # The stock Trainer would create the repository at start-up and push at every save: turned off, and the final
     # student alone is pushed by push_student once training has ended.

@@ -1,4 +1,4 @@
-"""Configuration of the DistilHuBERT-style student (METHOD.md section 2).
+"""Configuration of the DistilHuBERT-style student (hf-corrdistill docs/method.md, "The student").
 
 This file is copied next to saved checkpoints for ``trust_remote_code`` loading, so it imports nothing from
 ``hf_corrdistill``. Field names follow ``HubertConfig`` so that a student backbone converts to a plain HuBERT.
@@ -29,7 +29,8 @@ class CorrDistillConfig(PreTrainedConfig):
         num_conv_pos_embeddings, num_conv_pos_embedding_groups (`int`): Positional convolution kernel and groups.
         initializer_range (`float`): Standard deviation of the normal initialisation of linear layers.
         pred_layer_ids (`tuple[int, ...]`):
-            Teacher layers the prediction heads regress, indexed like `hidden_states` (1 = first layer output).
+            Teacher layers the prediction heads regress, indexed like `hidden_states` (1 = first layer output;
+            0, the CNN/projection output, is not allowed).
         teacher_hidden_size (`int`): Width of the teacher's hidden states (the heads' output width).
 
     Fine-tuning fields, named as in `HubertConfig` so that the stock `run_audio_classification.py` and
@@ -134,8 +135,7 @@ class CorrDistillConfig(PreTrainedConfig):
                 f"hidden_size ({self.hidden_size}) must be divisible by num_conv_pos_embedding_groups "
                 f"({self.num_conv_pos_embedding_groups})"
             )
-        if not self.pred_layer_ids or min(self.pred_layer_ids) < 0:
-            raise ValueError(f"pred_layer_ids must be non-empty teacher layer indices >= 0, got {self.pred_layer_ids}")
+        self.check_pred_layer_ids(self.pred_layer_ids)
         for name in ("mask_time_prob", "mask_feature_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
@@ -146,6 +146,15 @@ class CorrDistillConfig(PreTrainedConfig):
             )
         if self.ctc_loss_reduction not in ("sum", "mean"):
             raise ValueError(f"ctc_loss_reduction must be 'sum' or 'mean', got {self.ctc_loss_reduction!r}")
+
+    @staticmethod
+    def check_pred_layer_ids(layer_ids, name: str = "pred_layer_ids") -> None:
+        """Teacher layers are `hidden_states` indices: 1 is the first transformer layer's output; 0, the CNN and
+        projection output that enters the first layer, is not a layer to distil. The training arguments check their
+        ``pred_layers`` here too."""
+        if not layer_ids or min(layer_ids) < 1:
+            raise ValueError(f"{name} must be non-empty teacher layer indices >= 1 (hidden_states indices: 1 = the "
+                             f"first transformer layer), got {layer_ids!r}")
 
     @property
     def inputs_to_logits_ratio(self) -> int:
