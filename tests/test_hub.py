@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel, HubertModel
 
 from hf_corrdistill.hub import push as hub
+from hf_corrdistill.losses import LOSSES
 from hf_corrdistill.superb.upstream import describe_upstream, load_upstream
 from hf_corrdistill.training import train_cli as cli
 from hf_corrdistill.training.train_cli import parse_args, run_identity
@@ -176,6 +177,23 @@ def test_card_metadata_and_model_index_round_trip(student_dir, results_json, tmp
     other = hub.model_card(student_dir, REPO, license="mit", datasets=[], base_model="")
     assert other.data.license == "mit" and other.data.datasets is None and other.data.base_model is None
     assert other.data.eval_results is None and "No evaluation results" in other.text
+
+
+def test_card_shows_every_loss_field_and_reads_records_of_earlier_versions(student_dir, tmp_path):
+    """The objective's row lists the registry's fields of the run's loss; a record written before the SNR fields were
+    renamed shows its values under the current names."""
+    folder = tmp_path / "student"
+    shutil.copytree(student_dir, folder)
+    record = json.loads((folder / "run_config.json").read_text())
+    old = {"snr_low": 11.0, "snr_high": 21.0, "data.snr_min": 12, "data.snr_max": 18}
+    record = {k: v for k, v in record.items() if k not in {"weighting_snr_low", "weighting_snr_high",
+                                                            "data.view_snr_min", "data.view_snr_max"}} | old
+    (folder / "run_config.json").write_text(json.dumps(record))
+    body = hub.model_card(folder, REPO).text
+    for field in LOSSES["correlation"].fields:
+        assert f"{field} `" in body, field
+    assert "weighting_snr_low `11.0`" in body and "view_snr_min `12`" in body and "view_snr_max `18`" in body
+    assert "snr_low `" not in body.replace("weighting_snr_low `", "")
 
 
 def test_hub_ids_are_told_from_local_paths(tmp_path, monkeypatch):

@@ -25,9 +25,12 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import AutoConfig, AutoFeatureExtractor
 
 from ..data.sources import SAMPLE_RATE, default_feature_extractor
+from ..losses import LOSSES
 from ..models.corrdistill.configuration_corrdistill import CorrDistillConfig
+from ..superb.registry import hub_task
 from ..superb.upstream import file_digest
-from ..training.arguments import EXPORT_FORMATS
+from ..training.arguments import EXPORT_FORMATS, OPTIMISATION_FIELDS
+from ..training.run_record import RUN_CONFIG, read_run_record
 
 if TYPE_CHECKING:  # the model code loads when a student does: train.py's start-up checks do not need it
     from ..models.corrdistill.modeling_corrdistill import CorrDistillForPreTraining, CorrDistillModel
@@ -41,11 +44,6 @@ TAGS = ["audio", "speech", "hubert", "distilhubert", "distillation", "knowledge-
 # another weight layout); nothing else in the repository is touched.
 STALE_FILES = ["model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
                "configuration_corrdistill.py", "modeling_corrdistill.py"]
-SUPERB_TASKS = {  # eval_superb.py task: (task_type, task name)
-    "ks": ("audio-classification", "Keyword spotting (SUPERB KS protocol)"),
-    "ic": ("audio-classification", "Intent classification (SUPERB IC protocol)"),
-    "asr": ("automatic-speech-recognition", "Speech recognition (SUPERB ASR protocol)"),
-}
 STUDENT_CLASSES = ("CorrDistillForPreTraining", "CorrDistillModel")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -168,9 +166,9 @@ def superb_results(results_path: str | Path, student_dir: str | Path, upstream: 
     sources = report.get("data", {})
     tables, evals = [], []
     for task, per_upstream in results.items():
-        if task not in SUPERB_TASKS or upstream not in per_upstream:
+        if hub_task(task) is None or upstream not in per_upstream:
             continue
-        task_type, task_name = SUPERB_TASKS[task]
+        task_type, task_name = hub_task(task)
         metric = per_upstream[upstream]["metric"]
         recorded = str(sources.get(task, task))
         source = hub_id(recorded) or "/".join(Path(recorded).parts[-2:])  # a local folder: its last two parts
@@ -209,17 +207,13 @@ def _training_rows(run: dict, state: dict | None) -> list[tuple[str, str]]:
     rows = [
         ("teacher", show("teacher_name_or_path", "pred_layers", "teacher_dtype", "teacher_attention_mask")),
         ("student", show("student_config", "student_overrides", "init_from_teacher")),
-        ("objective", show("loss", "correlation_style", "pool_positions", "lambda_cross", "lambda_self",
-                           "diag_scale", "cross_scale", "self_scale", "cosine_weight", "weighting", "snr_low",
-                           "snr_high") if run.get("loss") == "correlation" else show("loss", "cosine_weight")),
+        ("objective", show("loss", *(LOSSES[run["loss"]].fields if run.get("loss") in LOSSES else ()))),
         ("data", show("data.train_data", "data.train_split", "data.data_config_name", "data.streaming",
                       "data.max_length", "data.min_length")),
         ("views", show("data.views", "data.distortion", "data.noise_sources", "data.impulse_response_dir",
-                       "data.snr_min", "data.snr_max", "data.clean_probability")
+                       "data.view_snr_min", "data.view_snr_max", "data.clean_probability")
          if run.get("data.views", "clean") != "clean" else show("data.views")),
-        ("optimisation", show("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
-                              "warmup_steps", "lr_scheduler_type", "weight_decay", "adam_beta1", "adam_beta2",
-                              "adam_epsilon", "max_grad_norm", "bf16", "fp16", "seed")),
+        ("optimisation", show(*OPTIMISATION_FIELDS)),
     ]
     if state and "global_step" in state:
         rows.append(("steps trained", f"`{state['global_step']}` (trainer_state.json)"))
@@ -235,7 +229,7 @@ def model_card(student_dir: str | Path, repo_id: str, *, export_format: str = "n
     ``""``: none); ``results`` is what `superb_results` returns.
     """
     folder = Path(student_dir)
-    run = _read_json(folder / "run_config.json")
+    run = read_run_record(folder / RUN_CONFIG) if (folder / RUN_CONFIG).is_file() else None  # names of this version
     state = _read_json(folder / "trainer_state.json")
     teacher = (run or {}).get("teacher_name_or_path")
     if base_model is None:
@@ -298,8 +292,8 @@ def stage(student_dir: str | Path, output_dir: str | Path, repo_id: str, *, expo
         hubert.save_pretrained(output)
         facts["hubert_difference"] = f"{difference:.1e}"
     _write_preprocessor(folder, output)
-    if (folder / "run_config.json").is_file():
-        shutil.copyfile(folder / "run_config.json", output / "run_config.json")
+    if (folder / RUN_CONFIG).is_file():
+        shutil.copyfile(folder / RUN_CONFIG, output / RUN_CONFIG)
     card = model_card(folder, repo_id, export_format=export_format, results=table, license=license,
                       datasets=datasets, base_model=base_model, facts=facts, template=template)
     card.save(output / "README.md")
