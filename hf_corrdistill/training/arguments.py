@@ -61,7 +61,7 @@ def _check_choices(settings: Any, cls: type, names: set[str]) -> None:
 
 @dataclass
 class DistillationConfig(TrainingArguments):
-    """`TrainingArguments` plus the teacher, the student and the objective (docs/method.md: the student, the objectives, the training recipe)."""
+    """`TrainingArguments` plus the teacher, the student and the objective (docs/method.md)."""
 
     teacher_name_or_path: str | None = field(
         default=None,
@@ -79,7 +79,7 @@ class DistillationConfig(TrainingArguments):
         default=None,
         metadata={"help": "Teacher layers to predict, indexed like hidden_states: 1 = the first transformer layer's "
                   "output (0, the CNN/projection output, is not a layer); default: the student config's "
-                  "pred_layer_ids (4 8 12). See docs/method.md, "The student"."},
+                  "pred_layer_ids (4 8 12). See docs/method.md, 'The student'."},
     )
     init_from_teacher: bool = field(
         default=True,
@@ -98,7 +98,7 @@ class DistillationConfig(TrainingArguments):
     )
     loss: Literal[tuple(LOSSES)] = field(
         default="correlation",
-        metadata={"help": "The objective (docs/method.md, "The objectives"): "
+        metadata={"help": "The objective (docs/method.md, 'The objectives'): "
                   + "; ".join(f"'{name}': {spec.summary}" for name, spec in LOSSES.items()) + "."},
     )
     correlation_style: Literal[STYLES] = field(
@@ -132,7 +132,7 @@ class DistillationConfig(TrainingArguments):
     )
     weighting: Literal[WEIGHTINGS] = field(
         default=_LOSS_DEFAULTS["weighting"],
-        metadata={"help": "Correlation term weighting (docs/method.md, "SNR weighting"): 'fixed', 'snr-reference' or "
+        metadata={"help": "Correlation term weighting (docs/method.md, 'SNR weighting'): 'fixed', 'snr-reference' or "
                   "'snr'."},
     )
     weighting_snr_low: float = field(
@@ -245,7 +245,7 @@ class DataArguments:
     views: Literal[SETUPS] = field(
         default="clean",
         metadata={"help": "'clean': both models hear the utterance; 'setup1': clean teacher, distorted student; "
-                  "'setup2': both distorted, drawn independently (docs/method.md, "Distorted views")."},
+                  "'setup2': both distorted, drawn independently (docs/method.md, 'Distorted views')."},
     )
     distortion: Literal[PRESETS] = field(
         default="huang2022", metadata={"help": "Distortion preset of the views: 'huang2022' or 'robustdistiller'."}
