@@ -28,9 +28,9 @@ from ..data.sources import SAMPLE_RATE, default_feature_extractor
 from ..losses import LOSSES
 from ..models.corrdistill.configuration_corrdistill import CorrDistillConfig
 from ..superb.registry import hub_task
-from ..superb.upstream import file_digest
 from ..training.arguments import EXPORT_FORMATS, OPTIMISATION_FIELDS
 from ..training.run_record import RUN_CONFIG, read_run_record
+from ..utils.fingerprint import file_digest
 
 if TYPE_CHECKING:  # the model code loads when a student does: train.py's start-up checks do not need it
     from ..models.corrdistill.modeling_corrdistill import CorrDistillForPreTraining, CorrDistillModel

@@ -3,36 +3,25 @@
 An upstream turns a list of 16 kHz waveforms into one ``(layers, frames, dim)`` tensor per waveform.
 """
 
-import hashlib
 import json
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
-from transformers.audio_utils import mel_filter_bank
 
 from ..data.sources import SAMPLE_RATE, default_feature_extractor
 from ..training.teacher import load_teacher_config
+from ..utils.filterbank import Filterbank
+from ..utils.fingerprint import file_digest
 
 logger = logging.getLogger(__name__)
 
 
 class UpstreamError(ValueError):
     """An upstream that cannot be loaded or used; the message names it."""
-
-
-def file_digest(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        digest.update(path.name.encode())
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 24), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 class PretrainedUpstream:
@@ -99,42 +88,15 @@ class PretrainedUpstream:
         return [hidden[i, :, : self.frames(len(w))] for i, w in enumerate(waves)]
 
 
-class FilterbankUpstream:
-    """Log-mel filterbank (``fbank``, 80 bins) or ``mfcc`` (13 cepstra with deltas and delta-deltas): 25 ms windows
-    every 10 ms, one "layer"; the classic baselines of SUPERB."""
+class FilterbankUpstream(Filterbank):
+    """``fbank`` or ``mfcc`` features as an upstream of one "layer": the classic baselines of SUPERB."""
 
     def __init__(self, name: str, kind: str):
-        self.name, self.spec, self.kind = name, kind, kind
-        self.num_layers, self.hidden_size = 1, (80 if kind == "fbank" else 39)
-        mels = 80 if kind == "fbank" else 40
-        self.mel = torch.from_numpy(mel_filter_bank(257, mels, 20.0, SAMPLE_RATE / 2, SAMPLE_RATE, mel_scale="kaldi")
-                                    ).float()  # (257, M)
-        self.window = torch.hann_window(400)
+        super().__init__(kind)
+        self.name, self.spec = name, kind
+        self.num_layers = 1
         self.accepts_padding = False
         self.fingerprint = f"{kind}-v1"
-
-    @staticmethod
-    def frames(samples: int) -> int:
-        return 1 + samples // 160
-
-    @staticmethod
-    def _deltas(x: torch.Tensor) -> torch.Tensor:  # (F, C) -> (F, C), regression over +-2 frames
-        padded = torch.cat([x[:1], x[:1], x, x[-1:], x[-1:]])
-        return (padded[3:-1] - padded[1:-3] + 2 * (padded[4:] - padded[:-4])) / 10
-
-    def __call__(self, waves: list[np.ndarray]) -> list[torch.Tensor]:
-        features = []
-        for wave in waves:
-            spectrum = torch.stft(torch.from_numpy(wave), 512, 160, 400, self.window, return_complex=True)  # (257, F)
-            logmel = torch.log(spectrum.abs().pow(2).T @ self.mel + 1e-6)  # (F, M)
-            if self.kind == "mfcc":
-                m = logmel.shape[1]
-                dct = torch.cos(math.pi / m * (torch.arange(m)[:, None] + 0.5) * torch.arange(13)[None, :])  # (M, 13)
-                cepstra = logmel @ dct
-                delta = self._deltas(cepstra)
-                logmel = torch.cat([cepstra, delta, self._deltas(delta)], dim=1)  # (F, 39)
-            features.append(logmel[None])  # (1, F, D)
-        return features
 
 
 BUILTIN = ("fbank", "mfcc")

@@ -29,7 +29,7 @@ from transformers import HubertConfig, HubertModel
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
 from ..data.sources import SAMPLE_RATE, AudioDecodeError, decode_audio, default_feature_extractor, load_audio_source
-from ..superb.upstream import FilterbankUpstream
+from ..utils.filterbank import Filterbank
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def span_mask(batch: int, frames: int, mask_prob: float, mask_length: int, seed:
 def mfcc_frames(waves: list[np.ndarray], num_frames: Callable[[int], int]) -> list[torch.Tensor]:
     """(F, 39) MFCCs per waveform at the model's frame rate: frame i averages 10 ms frames 2i+1 and 2i+2, centred
     2.5 ms after the model's frame i (samples 320i .. 320i+400)."""
-    mfcc = FilterbankUpstream("mfcc", "mfcc")
+    mfcc = Filterbank("mfcc")
     features = []
     for wave, (frames_100hz,) in zip(waves, mfcc(waves), strict=True):  # (F100, 39), F100 = 1 + T // 160
         frames = num_frames(wave.size)

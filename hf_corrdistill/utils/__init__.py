@@ -1,0 +1,1 @@
+"""Helpers shared by every layer: file fingerprints and filter-bank features."""
