@@ -108,6 +108,12 @@ def test_sizes_are_checked():
     with pytest.raises(TypeError):
         sm.generate(Path("/nonexistent"), no_such_size=1)
     assert sm.Sizes(scale=3).scaled().ks_speakers == (3, 3, 3)
+    assert sm.Sizes(scale=3, test_scale=2.5).scaled().test_scale == 2.5  # applied on top, not scaled itself
+    assert sm.Sizes(scale=2, test_scale=3).scaled().test_extra() == {"ks_speakers": 4, "ks_silence": 8,
+                                                                       "ic_speakers": 8, "ic_utterances": 64}
+    assert set(sm.Sizes().test_extra().values()) == {0}
+    with pytest.raises(ValueError, match="test_scale"):
+        sm.generate(Path("/nonexistent"), test_scale=0.5)
 
 
 # ------------------------------------------------------------------------------------------------- speakers
@@ -168,6 +174,77 @@ def test_noise_bank_disjoint_and_unseen_categories_only_unseen(mini):
     for path in files:  # non-trivial, not clipped
         x = samples(path).astype(float)
         assert np.sqrt(np.mean(x**2)) > 300 and np.abs(x).max() < 32767
+
+
+@needs_espeak
+def test_test_scale_adds_new_test_speakers_and_keeps_every_other_file(mini, tmp_path):
+    root, manifest = mini
+    bigger = sm.generate(tmp_path, seed=0, **SIZES, test_scale=3)
+    first, second = file_hashes(root), file_hashes(tmp_path)
+    ic_test_csv = f"{sm.IC_ROOT}/data/{sm.IC_CSV['test']}"
+    changed = {name for name in first if first[name] != second.get(name)}
+    assert changed == {ic_test_csv, "manifest.json"}
+    assert bigger["sizes"]["test_scale"] == 3 and manifest["sizes"]["test_scale"] == 1
+
+    # keyword spotting: only the separate test set grows, by 2 speakers' words and 6 `_silence_` clips
+    new = sorted(set(second) - set(first))
+    assert all(name.startswith((f"{sm.KS_TEST_ROOT}/", f"{sm.IC_ROOT}/wavs/")) for name in new)
+    ks_new = [name for name in new if name.startswith(sm.KS_TEST_ROOT)]
+    silence = [name for name in ks_new if "/_silence_/" in name]
+    assert len(silence) == 2 * SIZES["ks_silence"]
+    assert sorted(int(name.rsplit("_", 3)[-3]) for name in silence) == list(range(3, 9))  # indices continue
+    words = [name for name in ks_new if name not in silence]
+    assert len(words) == 2 * (len(sm.COMMANDS) + 1)  # ks_unknown and ks_repeats are 1
+    ks_added = {ks_speaker(name) for name in words}
+    assert len(ks_added) == 2
+    test_set = bigger["keyword_spotting"]["splits"]["test_set"]
+    old_test_set = manifest["keyword_spotting"]["splits"]["test_set"]
+    assert test_set["files"] == old_test_set["files"] + len(ks_new)
+    assert set(test_set["speakers"]) == set(old_test_set["speakers"]) | ks_added
+    assert set(test_set["added"]["speakers"]) == ks_added and test_set["added"]["silence"] == 6
+    assert sum(test_set["labels"].values()) == test_set["files"]
+    path = tmp_path / next(name for name in words if name.split("/")[1] == "yes")  # its speaker saying its word
+    segment, clip = sm.to_pcm16(sm.keyword_segment(sm.speaker_of(bigger, path), "yes")), samples(path)
+    offset = int(np.flatnonzero(clip)[0])
+    assert np.array_equal(clip[offset : offset + segment.size], segment)
+
+    # intent classification: 32 new utterances by 4 new speakers; the old rows all still there
+    old_rows, new_rows = ic_rows(root)["test"], ic_rows(tmp_path)["test"]
+    fields = [name for name in sm.IC_HEADER if name]
+    old_set = {tuple(row[f] for f in fields) for row in old_rows}
+    new_set = {tuple(row[f] for f in fields) for row in new_rows}
+    assert old_set < new_set and len(new_rows) == len(old_rows) + 32 == len(new_set)
+    assert [int(row[""]) for row in new_rows] == list(range(len(new_rows)))
+    assert sorted(name for name in new if name.startswith(sm.IC_ROOT)) == sorted(
+        f"{sm.IC_ROOT}/{row[0]}" for row in new_set - old_set)
+    ic_added = {row[1] for row in new_set - old_set}
+    ic_test = bigger["intent_classification"]["splits"]["test"]
+    assert len(ic_added) == 4 and set(ic_test["added"]["speakers"]) == ic_added
+    assert set(ic_test["speakers"]) == {row["speakerId"] for row in new_rows} and ic_test["files"] == len(new_rows)
+    assert sum(ic_test["intents"].values()) == len(new_rows)
+    row = next(row for row in new_rows if row["speakerId"] in ic_added)
+    audio = sm.utterance_audio(sm.speaker_of(bigger, tmp_path / sm.IC_ROOT / row["path"]), row["transcription"])
+    assert np.array_equal(samples(tmp_path / sm.IC_ROOT / row["path"]), sm.to_pcm16(audio))
+
+    # the new speakers are in no other group of any task, nor the corpus, nor each other's
+    settings = {}
+    for task, splits in (("keyword_spotting", (*sm.SPLITS, "test_set")), ("intent_classification", sm.SPLITS),
+                         ("asr", sm.SPLITS), ("corpus", sm.CORPUS_SPLITS)):
+        for split in splits:
+            for key, v in manifest[task]["splits"][split]["speakers"].items():
+                settings[task, key] = sm.Speaker(v["voice"], v["variant"], v["pitch"], v["speed"])
+    added = [sm.Speaker(**{k: v[k] for k in ("voice", "variant", "pitch", "speed")})
+             for task, ids in (("keyword_spotting", ks_added), ("intent_classification", ic_added))
+             for key, v in bigger[task]["splits"]["test_set" if task == "keyword_spotting" else "test"][
+                 "speakers"].items() if key in ids]
+    assert len(added) == 6 == len(set(added)) and not set(added) & set(settings.values())
+    ids = {s.ks_id for s in settings.values()} | {s.fsc_id for s in settings.values()}
+    assert not ({s.ks_id for s in added} | {s.fsc_id for s in added}) & ids
+
+    from hf_corrdistill.superb import tasks
+
+    ks = tasks.speech_commands(tmp_path / sm.KS_ROOT, tmp_path / sm.KS_TEST_ROOT)
+    assert len(ks.splits["test"]) == test_set["files"]
 
 
 # --------------------------------------------------------------------------------------------------- labels

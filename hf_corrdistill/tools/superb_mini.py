@@ -7,6 +7,11 @@ Fluent Speech Commands, ASR as LibriSpeech, and a noise bank (``noise/{train,tes
 categories found nowhere else), so that the loaders of the real corpora read these too. A speaker is an espeak-ng
 (voice, variant, pitch, speed) setting; no speaker appears in two splits, nor in two tasks. ``manifest.json`` lists
 the files and speakers of every split. The same seed, sizes and espeak-ng build give byte-identical files.
+
+``--test_scale`` enlarges the keyword-spotting separate test set and the intent-classification test split with new
+speakers (and new `_silence_` clips), leaving every file of ``--test_scale 1`` byte-identical except
+``test_data.csv`` (rewritten with the added rows) and ``manifest.json``: heads and students trained on the same
+seed and sizes stay valid, and the original test items stay in the test sets.
 """
 
 import argparse
@@ -311,7 +316,8 @@ def _size(help_text: str, default, metavar: tuple[str, ...] = ("TRAIN", "DEV", "
 @dataclasses.dataclass(frozen=True)
 class Sizes:
     """How much to generate. Triples are (train, dev, test). The shipped tiny set is the defaults with
-    ``corpus_hours=0`` (the demo distils on its own demo_data/speech)."""
+    ``corpus_hours=0`` (the demo distils on its own demo_data/speech). ``test_scale`` adds new test speakers and
+    items on top of the scaled counts (see `test_extra`)."""
 
     scale: float = _size("multiplies every speaker, utterance and clip count (not seconds or words per speaker)", 1.0)
     ks_speakers: tuple[int, int, int] = _size("keyword spotting speakers", (1, 1, 1))
@@ -330,6 +336,10 @@ class Sizes:
     corpus_hours: float = _size("hours of unlabelled speech under corpus/{train,validation} (not scaled)", 2.0)
     corpus_speaker_minutes: float = _size("minutes of corpus speech per speaker (sets the corpus's speaker count)",
                                           1.0)
+    test_scale: float = _size("multiplies, on top of --scale, the speakers and clips of the keyword-spotting separate "
+                              "test set and the speakers and utterances of the intent-classification test split, by "
+                              "adding new speakers (and `_silence_` clips); every file of test_scale 1 stays "
+                              "byte-identical but test_data.csv and manifest.json. ASR is not scaled", 1.0)
 
     def scaled(self) -> "Sizes":
         """The counts multiplied by ``scale`` (at least 1 each), ``scale`` reset to 1."""
@@ -339,6 +349,17 @@ class Sizes:
         counts = {f.name: tuple(up(v) for v in getattr(self, f.name)) for f in dataclasses.fields(self)
                   if isinstance(f.default, tuple)}
         return dataclasses.replace(self, scale=1.0, ks_silence=up(self.ks_silence), **counts)
+
+    def test_extra(self) -> dict[str, int]:
+        """What ``test_scale`` adds to the counts as they stand (call it on `scaled` sizes): ``ks_speakers`` and
+        ``ks_silence`` to the keyword-spotting separate test set, ``ic_speakers`` and ``ic_utterances`` to the
+        intent-classification test split (at least one speaker when any utterance is added)."""
+        def more(value: int) -> int:
+            return round((self.test_scale - 1) * value)
+
+        ic_utterances = more(self.ic_utterances[2])
+        return {"ks_speakers": more(self.ks_speakers[2]), "ks_silence": more(self.ks_silence),
+                "ic_speakers": max(more(self.ic_speakers[2]), min(1, ic_utterances)), "ic_utterances": ic_utterances}
 
 
 def _check(sizes: Sizes) -> Sizes:
@@ -359,11 +380,15 @@ def _check(sizes: Sizes) -> Sizes:
         raise ValueError("corpus_hours must be >= 0 and corpus_speaker_minutes > 0")
     if sizes.ks_background_seconds < 1 or sizes.noise_seconds <= 0:
         raise ValueError("background and noise clips need at least 1 s")
+    if sizes.test_scale < 1:
+        raise ValueError(f"test_scale {sizes.test_scale} must be at least 1 (it only adds test items)")
     return sizes
 
 
 # ------------------------------------------------------------------------------------------- keyword spotting
-def _keyword_spotting(out: Path, speakers: dict[str, list[Speaker]], sizes: Sizes, seed: int) -> dict:
+def _keyword_spotting(out: Path, speakers: dict[str, list[Speaker]], added: list[Speaker], sizes: Sizes,
+                      seed: int) -> dict:
+    """``added``: the new speakers of ``test_scale``, who speak only in the separate test set."""
     rng, np_rng = _rng(seed, "ks"), _np_rng(seed, "ks")
     root, test_root = out / KS_ROOT, out / KS_TEST_ROOT
     segments: dict[tuple[Speaker, str], np.ndarray] = {}
@@ -373,9 +398,9 @@ def _keyword_spotting(out: Path, speakers: dict[str, list[Speaker]], sizes: Size
             segments[speaker, word] = keyword_segment(speaker, word)
         return segments[speaker, word]
 
-    def write_clip(path: Path, speaker: Speaker, word: str) -> None:
+    def write_clip(path: Path, speaker: Speaker, word: str, draw: random.Random = rng) -> None:
         audio = segment(speaker, word)
-        _write(path, place_in_second(audio, rng.randrange(SAMPLE_RATE - audio.size + 1)))  # random placement
+        _write(path, place_in_second(audio, draw.randrange(SAMPLE_RATE - audio.size + 1)))  # random placement
 
     splits = {}
     for split in SPLITS:  # the main folder: every split's speakers, told apart by the two lists
@@ -402,50 +427,79 @@ def _keyword_spotting(out: Path, speakers: dict[str, list[Speaker]], sizes: Size
         background.append(f"{kind}.wav")
 
     labels = Counter()  # the separate test set: the test speakers again (new placements) and fresh silence
-    for speaker in speakers["test"]:
+
+    def test_speaker(speaker: Speaker, draw: random.Random) -> None:
         unknown = 0
-        for word in (*COMMANDS, *rng.sample(UNKNOWN_WORDS, sizes.ks_unknown)):
+        for word in (*COMMANDS, *draw.sample(UNKNOWN_WORDS, sizes.ks_unknown)):
             for n in range(sizes.ks_repeats):
                 label = word if word in COMMANDS else "_unknown_"
                 index = n if word in COMMANDS else unknown  # `_unknown_` holds several words per speaker
                 unknown += word not in COMMANDS
-                write_clip(test_root / label / f"{speaker.ks_id}_nohash_{index}.wav", speaker, word)
+                write_clip(test_root / label / f"{speaker.ks_id}_nohash_{index}.wav", speaker, word, draw)
                 labels[label] += 1
-    for index in range(sizes.ks_silence):  # 1-s crops of clips not in `_background_noise_`, at low gains
-        kind = SILENCE_KINDS[index % len(SILENCE_KINDS)]
-        source = noise_clip(kind, 2 * SAMPLE_RATE, rng, np_rng)
-        start = rng.randrange(source.size - SAMPLE_RATE + 1)
-        rms = 10 ** rng.uniform(-4, -3) if index % 3 == 0 else 10 ** rng.uniform(-2.5, -1.5)  # near-silent or low
+
+    def silence(index: int, draw: random.Random, np_draw: np.random.Generator) -> None:
+        kind = SILENCE_KINDS[index % len(SILENCE_KINDS)]  # a 1-s crop of a clip not in `_background_noise_`
+        source = noise_clip(kind, 2 * SAMPLE_RATE, draw, np_draw)
+        start = draw.randrange(source.size - SAMPLE_RATE + 1)
+        rms = 10 ** draw.uniform(-4, -3) if index % 3 == 0 else 10 ** draw.uniform(-2.5, -1.5)  # near-silent or low
         _write(test_root / "_silence_" / f"{kind}_{index:03d}_nohash_0.wav", rms * source[start : start + SAMPLE_RATE])
         labels["_silence_"] += 1
+
+    for speaker in speakers["test"]:
+        test_speaker(speaker, rng)
+    for index in range(sizes.ks_silence):
+        silence(index, rng, np_rng)
+    # test_scale's additions, from streams of their own so that every draw above stays where it was
+    extra_rng, extra_np_rng = _rng(seed, "ks-test-extra"), _np_rng(seed, "ks-test-extra")
+    for speaker in added:
+        test_speaker(speaker, extra_rng)
+    extra_silence = sizes.test_extra()["ks_silence"]
+    for index in range(sizes.ks_silence, sizes.ks_silence + extra_silence):
+        silence(index, extra_rng, extra_np_rng)
     splits["test_set"] = {"files": sum(labels.values()), "labels": dict(sorted(labels.items())),
-                          "speakers": splits["test"]["speakers"]}
+                          "speakers": {**splits["test"]["speakers"], **{s.ks_id: s.as_dict() for s in added}}}
+    if added or extra_silence:
+        splits["test_set"]["added"] = {"speakers": [s.ks_id for s in added], "silence": extra_silence}
     return {"root": KS_ROOT, "test_root": KS_TEST_ROOT, "background_noise": background, "splits": splits}
 
 
 # -------------------------------------------------------------------------------------- intent classification
-def _intent_classification(out: Path, speakers: dict[str, list[Speaker]], sizes: Sizes, seed: int) -> dict:
+def _intent_classification(out: Path, speakers: dict[str, list[Speaker]], added: list[Speaker], sizes: Sizes,
+                           seed: int) -> dict:
+    """``added``: the new speakers of ``test_scale``, who speak the added test utterances."""
     rng = _rng(seed, "ic")
     root = out / IC_ROOT
     intents = sorted(INTENTS)
-    splits = {}
-    for split, count in zip(SPLITS, sizes.ic_utterances, strict=True):
-        # every intent once (a random subset when fewer utterances), then random ones; speakers in turn
-        plan = rng.sample(intents, min(count, len(intents)))
-        plan += [rng.choice(intents) for _ in range(count - len(plan))]
-        rng.shuffle(plan)
+
+    def utterances(split: str, group: list[Speaker], count: int, first: int, draw: random.Random) -> list[tuple]:
+        """``count`` rows numbered from ``first``: every intent once (a random subset when fewer utterances), then
+        random ones; the speakers of ``group`` in turn."""
+        plan = draw.sample(intents, min(count, len(intents)))
+        plan += [draw.choice(intents) for _ in range(count - len(plan))]
+        draw.shuffle(plan)
         said: set[tuple[Speaker, str]] = set()
         rows = []
-        for index, intent in enumerate(plan):
-            speaker = speakers[split][index % len(speakers[split])]
+        for index, intent in enumerate(plan, start=first):
+            speaker = group[(index - first) % len(group)]
             phrases = [p[0].upper() + p[1:] for p in INTENTS[intent]]  # FSC transcriptions start with a capital
             fresh = [p for p in phrases if (speaker, p) not in said] or phrases
-            text = rng.choice(fresh)
+            text = draw.choice(fresh)
             said.add((speaker, text))
             digest = hashlib.sha1(f"{seed}/{split}/{index}/{speaker.name}/{text}".encode()).digest()
             path = f"wavs/speakers/{speaker.fsc_id}/{uuid.UUID(bytes=digest[:16])}.wav"
             _write(root / path, utterance_audio(speaker, text))
             rows.append((path, speaker.fsc_id, text, *intent))
+        return rows
+
+    splits = {}
+    extra = sizes.test_extra()["ic_utterances"]
+    for split, count in zip(SPLITS, sizes.ic_utterances, strict=True):
+        rows = utterances(split, speakers[split], count, 0, rng)
+        group = speakers[split]
+        if split == "test" and extra:  # test_scale's additions, from a stream of their own
+            rows += utterances(split, added, extra, count, _rng(seed, "ic-test-extra"))
+            group = [*group, *added]
         rows.sort()
         table = root / "data" / IC_CSV[split]
         table.parent.mkdir(parents=True, exist_ok=True)
@@ -455,7 +509,9 @@ def _intent_classification(out: Path, speakers: dict[str, list[Speaker]], sizes:
             writer.writerows((index, *row) for index, row in enumerate(rows))
         used = Counter("|".join(row[3:]) for row in rows)
         splits[split] = {"csv": f"data/{IC_CSV[split]}", "files": len(rows), "intents": dict(sorted(used.items())),
-                         "speakers": {s.fsc_id: s.as_dict() for s in speakers[split]}}
+                         "speakers": {s.fsc_id: s.as_dict() for s in group}}
+        if split == "test" and extra:
+            splits[split]["added"] = {"speakers": [s.fsc_id for s in added], "files": extra}
     return {"root": IC_ROOT, "splits": splits}
 
 
@@ -614,13 +670,17 @@ def generate(output: Path, seed: int = 0, **sizes) -> dict:
     _prepare(output)
     output.mkdir(parents=True, exist_ok=True)
     # one pool of distinct speakers, cut into disjoint (task, split) groups in a fixed order
-    # (make_speakers is prefix-stable: the corpus's speakers come last, so it never changes the task sets)
+    # (make_speakers is prefix-stable: the corpus's speakers come after the tasks', and test_scale's new test
+    # speakers last, so neither changes the sets before them)
     counts = {task: getattr(effective, f"{task}_speakers") for task in ("ks", "ic", "asr")}
     corpus_counts = _corpus_counts(effective)
-    pool = iter(make_speakers(sum(sum(c) for c in counts.values()) + sum(s for s, _ in corpus_counts.values()), seed))
+    extra = effective.test_extra()
+    total = sum(sum(c) for c in counts.values()) + sum(s for s, _ in corpus_counts.values())
+    pool = iter(make_speakers(total + extra["ks_speakers"] + extra["ic_speakers"], seed))
     groups = {task: {split: [next(pool) for _ in range(n)] for split, n in zip(SPLITS, c, strict=True)}
               for task, c in counts.items()}
     corpus_speakers = {split: [next(pool) for _ in range(n)] for split, (n, _) in corpus_counts.items()}
+    added = {task: [next(pool) for _ in range(extra[f"{task}_speakers"])] for task in ("ks", "ic")}
     manifest = {
         "generator": GENERATOR,
         "seed": seed,
@@ -628,8 +688,8 @@ def generate(output: Path, seed: int = 0, **sizes) -> dict:
         "scale": requested.scale,
         "sample_rate": SAMPLE_RATE,
         "espeak_ng": _espeak_version(),
-        "keyword_spotting": _keyword_spotting(output, groups["ks"], effective, seed),
-        "intent_classification": _intent_classification(output, groups["ic"], effective, seed),
+        "keyword_spotting": _keyword_spotting(output, groups["ks"], added["ks"], effective, seed),
+        "intent_classification": _intent_classification(output, groups["ic"], added["ic"], effective, seed),
         "asr": _asr(output, groups["asr"], effective, seed),
         "noise": _noise_bank(output, effective, seed),
         "corpus": _corpus(output, corpus_speakers, corpus_counts, seed),
