@@ -72,6 +72,46 @@ def test_writes_every_result_table_and_plot(first_run):
     assert saved["config"]["seed"] == 0 and saved["seeds"]["noise"] == 0
     markdown = (output / "results.md").read_text()
     assert "| teacher |" in markdown and "unseen@0dB" in markdown
+    assert "test_items" not in markdown and "[" not in markdown  # per-item outcomes only in results.json
+
+
+def test_per_item_outcomes_in_test_order(first_run):
+    saved = json.loads((first_run[0] / "results.json").read_text())
+    args = parse(_argv(first_run[0]))
+    for task in ("ks", "ic", "asr"):
+        keys = saved["test_keys"][task]
+        assert keys == [item.key for item in runner.load_task(args, task).splits["test"]]
+        assert len(set(keys)) == len(keys)
+        for upstream in ("teacher", "fbank"):
+            result = saved["results"][task][upstream]
+            assert sorted(result["test_items"]) == sorted(result["test"]) and result["sizes"]["test"] == len(keys)
+            for condition, outcomes in result["test_items"].items():
+                assert len(outcomes) == len(keys)
+                if task == "asr":  # [word errors, reference words] per utterance
+                    assert sum(e for e, _ in outcomes) / sum(w for _, w in outcomes) == result["test"][condition]
+                else:  # 1 when every output is right
+                    assert set(outcomes) <= {0, 1}
+                    assert sum(outcomes) / len(outcomes) == result["test"][condition]
+
+
+def test_a_head_written_without_per_item_outcomes_is_trained_again(tmp_path, monkeypatch):
+    argv = ["--upstream=fbank", "--tasks", "ks", "--data", str(MINI), "--snrs", "clean", "--quick", "--steps", "ks=4",
+            "--eval_steps", "2", "--output_dir", str(tmp_path)]
+    described, trained = [], []
+    digest = runner._digest
+    monkeypatch.setattr(runner, "_digest", lambda value: described.append(value) or digest(value))
+    monkeypatch.setattr(runner, "train_head", lambda *a, **k: trained.append(1) or train_head(*a, **k))
+    first = runner.run(parse(argv))["results"]["ks"]["fbank"]
+    assert trained == [1] and len(first["test_items"]["clean"]) == first["sizes"]["test"]
+    # what the head file looked like before outcomes were recorded: no "records" in the identity, no test_items
+    head = tmp_path / "heads" / "ks-fbank.json"
+    before = {key: value for key, value in described[-1].items() if key != "records"}
+    result = {key: value for key, value in first.items() if key != "test_items"}
+    head.write_text(json.dumps({"identity": digest(before), "result": {**result, "test": {"clean": -1.0}}}))
+    again = runner.run(parse(argv))["results"]["ks"]["fbank"]
+    assert trained == [1, 1] and again == first
+    assert json.loads(head.read_text())["result"]["test_items"] == first["test_items"]
+    assert runner.run(parse(argv))["results"]["ks"]["fbank"] == first and trained == [1, 1]  # now reused
 
 
 def test_weighted_sum_starts_uniform_and_is_reported(first_run):

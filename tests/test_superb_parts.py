@@ -8,22 +8,43 @@ import torch
 from hf_corrdistill.data.views import NoiseBank, rms_power
 from hf_corrdistill.superb.arguments import EvalArguments, parse
 from hf_corrdistill.superb.conditions import Condition, NoisyCopies, parse_conditions
-from hf_corrdistill.superb.downstream import Features, HeadSettings, greedy_decode, train_head, word_error_rate
+from hf_corrdistill.superb.downstream import (
+    Features,
+    HeadSettings,
+    greedy_decode,
+    train_head,
+    word_error_rate,
+    word_errors,
+)
 from hf_corrdistill.superb.heads import WeightedLayerSum
 from hf_corrdistill.superb.tasks import CTC_VOCAB, Item, TaskData
 
+WER_CASES = [
+    (["the cat sat on the mat", "hello world"], ["the cat sat on mat", "hello big world"]),
+    (["a b c d"], ["x y"]),
+    (["one two three", "four"], ["", "four five six"]),
+    (["same words here"], ["same words here"]),
+    (["YES NO UP", "GO  STOP", "LEFT RIGHT ON OFF", "DOWN"], ["YES UP UP UP", "GO STOP", "LEFT", "DOG CAT WOW"]),
+]
 
-@pytest.mark.parametrize(
-    "references, predictions",
-    [
-        (["the cat sat on the mat", "hello world"], ["the cat sat on mat", "hello big world"]),
-        (["a b c d"], ["x y"]),
-        (["one two three", "four"], ["", "four five six"]),
-        (["same words here"], ["same words here"]),
-    ],
-)
+
+@pytest.mark.parametrize("references, predictions", WER_CASES)
 def test_wer_equals_jiwer(references, predictions):
     assert word_error_rate(predictions, references) == pytest.approx(jiwer.wer(references, predictions), abs=0)
+
+
+@pytest.mark.parametrize("references, predictions", WER_CASES)
+def test_word_errors_per_item_sum_to_the_corpus_wer(references, predictions):
+    counts = word_errors(predictions, references)
+    assert [words for _, words in counts] == [len(r.split()) for r in references]
+    errors = sum(e for e, _ in counts)
+    assert errors / sum(w for _, w in counts) == word_error_rate(predictions, references)  # exactly
+
+
+def test_word_errors_by_hand():
+    counts = word_errors(["the cat sat on mat", "hello big world", "", "x y"],
+                         ["the cat sat on the mat", "hello world", "one two", "a b c"])
+    assert counts == [[1, 6], [1, 2], [2, 2], [3, 3]]  # a deletion; an insertion; two deletions; 2 subs + 1 del
 
 
 def test_wer_by_hand():
@@ -104,9 +125,33 @@ def test_utterance_head_fits_a_tiny_training_set():
         items.append(Item(key=str(index), audio={}, labels=(label,)))
     task = TaskData("ks", {"train": items, "dev": items, "test": items}, (tuple(str(i) for i in range(12)),))
     data = Features(_InMemory(tensors), items)
-    result = train_head(task, data, data, {"clean": data}, HeadSettings(300, 100, 16, 1e-2), num_layers=3, dim=16)
+    # the prototypes themselves: labelled right for the first 12 items, wrong for the last 12
+    mixed = [Item(key=f"p{i}", audio={}, labels=((i + (i >= 12)) % 12,)) for i in range(24)]
+    prototypes = Features(_InMemory([prototypes[i % 12].expand(3, 25, 16).half() for i in range(24)]), mixed)
+    result = train_head(task, data, data, {"clean": data, "mixed": prototypes}, HeadSettings(300, 100, 16, 1e-2),
+                        num_layers=3, dim=16)
     assert result["test"]["clean"] >= 0.98
     assert result["layer_weights"]["initial"] == pytest.approx([1 / 3] * 3)
+    # one outcome per test item, in the items' order, whose mean is the accuracy
+    items_clean = result["test_items"]["clean"]
+    assert len(items_clean) == len(items) and set(items_clean) <= {0, 1}
+    assert sum(items_clean) / len(items_clean) == result["test"]["clean"]
+    assert result["test_items"]["mixed"] == [1] * 12 + [0] * 12 and result["test"]["mixed"] == 0.5
+
+
+def test_ctc_head_records_word_errors_per_item():
+    generator = torch.Generator().manual_seed(0)
+    texts = ["YES NO UP", "GO STOP", "LEFT RIGHT ON OFF", "DOWN", "BED BIRD", "CAT DOG HAPPY"]
+    items = [Item(key=f"u{i}", audio={}, text=text) for i, text in enumerate(texts)]
+    tensors = [torch.randn(2, 30 + 4 * i, 8, generator=generator).half() for i in range(len(items))]
+    task = TaskData("asr", {"train": items, "dev": items, "test": items})
+    data = Features(_InMemory(tensors), items)
+    result = train_head(task, data, data, {"clean": data}, HeadSettings(4, 2, 3, 1e-2), num_layers=2, dim=8,
+                        asr_size=16)
+    counts = result["test_items"]["clean"]
+    assert [words for _, words in counts] == [len(text.split()) for text in texts]
+    assert all(errors >= 0 for errors, _ in counts)
+    assert sum(e for e, _ in counts) / sum(w for _, w in counts) == result["test"]["clean"]
 
 
 def test_arguments_fail_early():

@@ -6,6 +6,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import evaluate
+import jiwer
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,6 +36,17 @@ def greedy_decode(log_probs: torch.Tensor, length: int) -> str:
 def word_error_rate(predictions: list[str], references: list[str]) -> float:
     """Corpus WER through `evaluate` (the metric module ships with this package, so it loads offline)."""
     return float(evaluate.load(WER_METRIC).compute(predictions=predictions, references=references))
+
+
+def word_errors(predictions: list[str], references: list[str]) -> list[list[int]]:
+    """[word errors (substitutions + deletions + insertions), reference words] per utterance, by jiwer's alignment,
+    the one behind `word_error_rate`: the errors summed over the words summed are the corpus WER."""
+    counts = []
+    for prediction, reference in zip(predictions, references, strict=True):
+        words = jiwer.process_words(reference, prediction)
+        counts.append([words.substitutions + words.deletions + words.insertions,
+                       words.hits + words.substitutions + words.deletions])
+    return counts
 
 
 class Features(torch.utils.data.Dataset):
@@ -93,11 +105,14 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 
 @torch.no_grad()
-def score(model: Downstream, dataset: Features, device: torch.device, batch_size: int = 32) -> float:
-    """Accuracy (every output right: IC's three slots) of an utterance head, WER of a CTC head, on ``dataset``."""
+def score_items(model: Downstream, dataset: Features, device: torch.device,
+                batch_size: int = 32) -> tuple[float, list]:
+    """(the metric, the outcome of each item in ``dataset``'s order) on ``dataset``: accuracy (every output right:
+    IC's three slots) and 1 or 0 per item for an utterance head; corpus WER and [word errors, reference words] per
+    item for a CTC head (the errors summed over the words summed are the WER)."""
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
-    correct, predictions, references = 0, [], []
+    right, predictions, references = [], [], []
     for batch in loader:
         batch = _to(batch, device)
         outputs = model(batch["hidden"], batch["lengths"])
@@ -106,9 +121,16 @@ def score(model: Downstream, dataset: Features, device: torch.device, batch_size
             references += batch["texts"]
         else:
             guesses = torch.stack([logits.argmax(-1) for logits in outputs], dim=1)  # (B, K)
-            correct += int((guesses == batch["labels"]).all(dim=1).sum())
+            right += (guesses == batch["labels"]).all(dim=1).int().tolist()
     model.train()
-    return word_error_rate(predictions, references) if model.kind == "ctc" else correct / len(dataset)
+    if model.kind == "ctc":
+        return word_error_rate(predictions, references), word_errors(predictions, references)
+    return sum(right) / len(dataset), right
+
+
+def score(model: Downstream, dataset: Features, device: torch.device, batch_size: int = 32) -> float:
+    """Accuracy (every output right: IC's three slots) of an utterance head, WER of a CTC head, on ``dataset``."""
+    return score_items(model, dataset, device, batch_size)[0]
 
 
 def _sampler(task: TaskData, items: list[Item], samples: int, generator: torch.Generator):
@@ -122,7 +144,8 @@ def _sampler(task: TaskData, items: list[Item], samples: int, generator: torch.G
 def train_head(task: TaskData, train: Features, dev: Features, tests: dict[str, Features], settings: HeadSettings,
                num_layers: int, dim: int, *, layer_norm: bool = False, asr_size: int = 1024, seed: int = 0,
                device: torch.device | None = None) -> dict:
-    """Adam with gradient clipping for ``settings.steps`` steps; the dev-best state is scored on every test set."""
+    """Adam with gradient clipping for ``settings.steps`` steps; the dev-best state is scored on every test set:
+    ``test`` holds the metric per test set, ``test_items`` each item's outcome (see `score_items`) in its order."""
     device = device or torch.device("cpu")
     torch.manual_seed(seed)
     model = Downstream(task, num_layers, dim, layer_norm, asr_size).to(device)
@@ -152,11 +175,13 @@ def train_head(task: TaskData, train: Features, dev: Features, tests: dict[str, 
             if best is None or better(dev_score, best):
                 best, best_step, best_state = dev_score, step, copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
+    scored = {name: score_items(model, dataset, device) for name, dataset in tests.items()}
     result = {
         "metric": spec.metric,
         "dev": best,
         "best_step": best_step,
-        "test": {name: score(model, dataset, device) for name, dataset in tests.items()},
+        "test": {name: metric for name, (metric, _) in scored.items()},
+        "test_items": {name: items for name, (_, items) in scored.items()},
         "history": history,
         "settings": asdict(settings),
     }

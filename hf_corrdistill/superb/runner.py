@@ -191,9 +191,11 @@ def run(args: EvalArguments) -> dict:
             tests = {c.name: Features(features[name, task, "test", c.name], data.splits["test"])
                      for c in args.conditions}
             layers = 1 if described[name]["layer"] != "weighted" else described[name]["layers"]
+            # "records": what a head's result holds besides the metrics; heads written before per-item test outcomes
+            # were recorded have another identity, so they are trained again rather than reused without them
             identity = _digest({"features": [str(f.features.folder.name) for f in (*splits.values(), *tests.values())],
                                 "settings": asdict(settings), "seed": args.seed, "layer_norm": args.layer_norm,
-                                "asr_size": args.asr_size, "labels": data.label_names})
+                                "asr_size": args.asr_size, "labels": data.label_names, "records": "test_items"})
             done = output / "heads" / f"{task}-{name}.json"
             if done.exists() and json.loads(done.read_text()).get("identity") == identity:
                 logger.info("%s / %s: head already trained in an earlier run, reusing %s", task, name, done)
@@ -216,6 +218,8 @@ def run(args: EvalArguments) -> dict:
         "upstreams": described,
         "data": {task: data.source for task, data in tasks.items()},
         "results": results,
+        # the test items in the order of every head's "test_items": pairs two upstreams' outcomes item by item
+        "test_keys": {task: [item.key for item in data.splits["test"]] for task, data in tasks.items()},
         "features": {"computed_utterances": cache.computed},
         "seconds": round(time.time() - started, 1),
     }
