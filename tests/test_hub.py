@@ -194,6 +194,10 @@ def test_card_shows_every_loss_field_and_reads_records_of_earlier_versions(stude
         assert f"{field} `" in body, field
     assert "weighting_snr_low `11.0`" in body and "view_snr_min `12`" in body and "view_snr_max `18`" in body
     assert "snr_low `" not in body.replace("weighting_snr_low `", "")
+    objective = next(line for line in body.splitlines() if "loss `" in line)
+    assert "enhancement" not in objective  # the term is off: not in the row
+    (folder / "run_config.json").write_text(json.dumps(record | {"enhancement_weight": 0.5, "enhancement_bins": 80}))
+    assert "enhancement_weight `0.5`, enhancement_bins `80`" in hub.model_card(folder, REPO).text
 
 
 def test_hub_ids_are_told_from_local_paths(tmp_path, monkeypatch):

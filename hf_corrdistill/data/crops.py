@@ -168,8 +168,11 @@ class StreamedCroppedAudio(_CropMixin, torch.utils.data.IterableDataset):
 
 
 class AudioCollator:
-    """Zero-pads examples to a batch: "input_values" (and "teacher_input_values", the same length, when present)
-    become (B, T) with a (B, T) attention mask; "student_snr" / "teacher_snr" become (B,) float tensors."""
+    """Zero-pads examples to a batch: "input_values" (and "teacher_input_values" / "clean_input_values", the same
+    length, when present) become (B, T) with a (B, T) attention mask; "student_snr" / "teacher_snr" become (B,) float
+    tensors."""
+
+    companions = ("teacher_input_values", "clean_input_values")  # waveforms aligned sample for sample with the input
 
     def __init__(self, pad_to_multiple_of: int = 1):
         self.pad_to_multiple_of = pad_to_multiple_of
@@ -179,15 +182,13 @@ class AudioCollator:
         longest = math.ceil(max(lengths) / self.pad_to_multiple_of) * self.pad_to_multiple_of
         input_values = torch.zeros(len(features), longest)  # (B, T)
         attention_mask = torch.zeros(len(features), longest, dtype=torch.long)  # (B, T)
-        teacher_values = torch.zeros_like(input_values) if "teacher_input_values" in features[0] else None
-        for row, (feature, length) in enumerate(zip(features, lengths, strict=True)):
-            input_values[row, :length] = torch.as_tensor(feature["input_values"])
-            if teacher_values is not None:
-                teacher_values[row, :length] = torch.as_tensor(feature["teacher_input_values"])
-            attention_mask[row, :length] = 1
         batch = {"input_values": input_values, "attention_mask": attention_mask}
-        if teacher_values is not None:
-            batch["teacher_input_values"] = teacher_values
+        for name in ("input_values", *(c for c in self.companions if c in features[0])):
+            values = batch.setdefault(name, torch.zeros_like(input_values))  # (B, T)
+            for row, (feature, length) in enumerate(zip(features, lengths, strict=True)):
+                values[row, :length] = torch.as_tensor(feature[name])
+        for row, length in enumerate(lengths):
+            attention_mask[row, :length] = 1
         for name in ("student_snr", "teacher_snr"):
             if name in features[0]:
                 batch[name] = torch.tensor([f[name] for f in features], dtype=torch.float32)  # (B,)

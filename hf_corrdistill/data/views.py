@@ -260,15 +260,16 @@ class ViewMaker:
     """Turns a cropped utterance into the model inputs of one training example.
 
     ``clean``: both models hear the utterance. ``setup1``: the teacher hears it clean, the student a distorted
-    view. ``setup2``: each hears its own, independently drawn distorted view.
+    view. ``setup2``: each hears its own, independently drawn distorted view. With ``keep_clean`` the utterance
+    itself comes along as "clean_input_values" (the enhancement term's target) whenever the student's view is not it.
     """
 
-    def __init__(self, setup: Setup, distorter: Distorter | None):
+    def __init__(self, setup: Setup, distorter: Distorter | None, keep_clean: bool = False):
         if setup not in SETUPS:
             raise ValueError(f"views must be one of {SETUPS}, got {setup!r}")
         if setup != "clean" and distorter is None:
             raise ValueError(f"views={setup!r} needs a distortion")
-        self.setup, self.distorter = setup, distorter
+        self.setup, self.distorter, self.keep_clean = setup, distorter, keep_clean
 
     def __call__(self, audio: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray | float]:
         if self.setup == "clean":
@@ -279,5 +280,8 @@ class ViewMaker:
             teacher, teacher_snr = audio, float("inf")
         else:
             teacher, teacher_snr = self.distorter(audio, teacher_rng)
-        return {"input_values": student, "teacher_input_values": teacher, "student_snr": student_snr,
-                "teacher_snr": teacher_snr}
+        example = {"input_values": student, "teacher_input_values": teacher, "student_snr": student_snr,
+                   "teacher_snr": teacher_snr}
+        if self.keep_clean:
+            example["clean_input_values"] = audio
+        return example

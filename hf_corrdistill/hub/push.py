@@ -207,7 +207,8 @@ def _training_rows(run: dict, state: dict | None) -> list[tuple[str, str]]:
     rows = [
         ("teacher", show("teacher_name_or_path", "pred_layers", "teacher_dtype", "teacher_attention_mask")),
         ("student", show("student_config", "student_overrides", "init_from_teacher")),
-        ("objective", show("loss", *(LOSSES[run["loss"]].fields if run.get("loss") in LOSSES else ()))),
+        ("objective", show("loss", *(LOSSES[run["loss"]].fields if run.get("loss") in LOSSES else ()),
+                           *(("enhancement_weight", "enhancement_bins") if run.get("enhancement_weight") else ()))),
         ("data", show("data.train_data", "data.train_split", "data.data_config_name", "data.streaming",
                       "data.max_length", "data.min_length")),
         ("views", show("data.views", "data.distortion", "data.noise_sources", "data.impulse_response_dir",

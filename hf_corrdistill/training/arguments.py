@@ -125,6 +125,15 @@ class DistillationConfig(TrainingArguments):
     cosine_weight: float = field(
         default=_LOSS_DEFAULTS["cosine_weight"], metadata={"help": "Weight of the -log sigmoid(cosine) term."}
     )
+    enhancement_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of RobustDistiller's enhancement term, added to either objective: a training-only "
+                  "head on the student's last hidden state predicts the clean crop's log-mel frames, L1 over valid "
+                  "frames (docs/method.md, 'The enhancement term'). 0: off, no head and no clean crop in the batch."},
+    )
+    enhancement_bins: int = field(
+        default=80, metadata={"help": "Log-mel bins the enhancement head predicts (with enhancement_weight > 0)."}
+    )
     correlation_sync: Literal[SYNCS] = field(
         default="local",
         metadata={"help": "With several processes: 'local' correlates each process's own batch; 'global' gathers "
@@ -198,7 +207,9 @@ def check_distillation_fields(config: Settings) -> None:
     for name in ("diag_scale", "cross_scale", "self_scale"):
         if getattr(config, name) <= 0:
             raise ValueError(f"{name} must be > 0, got {getattr(config, name)}")
-    for name in ("lambda_cross", "lambda_self", "cosine_weight"):
+    if config.enhancement_bins < 1:
+        raise ValueError(f"enhancement_bins must be >= 1, got {config.enhancement_bins}")
+    for name in ("lambda_cross", "lambda_self", "cosine_weight", "enhancement_weight"):
         if getattr(config, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
     if config.push_to_hub and not config.hub_model_id:

@@ -162,12 +162,14 @@ def build_student_config(args: Settings, teacher_config) -> CorrDistillConfig:
     updates["teacher_hidden_size"] = teacher_config.hidden_size
     if args.pred_layers is not None:
         updates["pred_layer_ids"] = tuple(args.pred_layers)
+    updates["enhancement_bins"] = args.enhancement_bins if args.enhancement_weight > 0 else 0  # the head, only if used
     with _config_mistakes(ValueError, TypeError):
         return CorrDistillConfig(**{**config.to_dict(), **updates})
 
 
-def build_views(data: DataArguments) -> ViewMaker | None:
-    """The teacher/student views the data arguments ask for, with their noise (and impulse responses) loaded."""
+def build_views(data: DataArguments, keep_clean: bool = False) -> ViewMaker | None:
+    """The teacher/student views the data arguments ask for, with their noise (and impulse responses) loaded;
+    ``keep_clean`` adds the clean crop to every example (for the enhancement term)."""
     if data.views == "clean":
         return None
     snr_low, snr_high = data.view_snr_range()
@@ -175,7 +177,7 @@ def build_views(data: DataArguments) -> ViewMaker | None:
     with _config_mistakes(FileNotFoundError, KeyError, ValueError):  # a missing, empty or unreadable noise source
         bank = NoiseBank(data.noise_sources, data.noise_cache_dir)
         responses = load_impulse_responses(data.impulse_response_dir) if data.impulse_response_dir else None
-    return ViewMaker(data.views, Distorter(preset, bank, responses, data.clean_probability))
+    return ViewMaker(data.views, Distorter(preset, bank, responses, data.clean_probability), keep_clean)
 
 
 def _datasets(data: DataArguments, seed: int, views: ViewMaker | None, batch_size: int):
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         student_config = build_student_config(settings, teacher_config)
         check_compatible(student_config, teacher_config, settings.teacher_name_or_path)
         resume = check_output_dir(settings, data)
-        views = build_views(data)
+        views = build_views(data, keep_clean=settings.enhancement_weight > 0)
         train_dataset, eval_dataset = _datasets(data, settings.seed, views, settings.per_device_train_batch_size)
         args, data = build_args(values)
         # Only now the model code: a configuration mistake fails in seconds (train.py defers the registration).

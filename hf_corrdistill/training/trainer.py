@@ -9,7 +9,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer
 from transformers.utils import ModelOutput
 
-from ..losses import LOSSES
+from ..losses import LOSSES, enhancement_loss, frame_geometry, log_mel_frames
 from .arguments import DistillationConfig
 from .callbacks import DistillationMetrics, EpochSetter
 from .distributed import gather_rows, world_size
@@ -83,13 +83,30 @@ class DistillationTrainer(Trainer):
                 predictions, targets, frame_mask = pad(predictions, dim=2), pad(targets, dim=2), pad(frame_mask, dim=1)
                 extra["gather"] = gather_rows
         result = spec.function(predictions, targets, frame_mask, **spec.kwargs(self.args), **extra)
-        terms = {name: value for name, value in result.items() if name != "loss"}
+        loss, terms = result.loss, {name: value for name, value in result.items() if name != "loss"}
+        if self.args.enhancement_weight > 0:
+            terms["enhancement"] = self._enhancement(inputs, outputs.enhancement, outputs.frame_mask)
+            loss = loss + self.args.enhancement_weight * terms["enhancement"]
         self.distillation_metrics.record(mode, terms, inputs)
         if not return_outputs:
-            return result.loss
-        return result.loss, DistillationOutput(
-            loss=result.loss, terms=terms, predictions=predictions, targets=targets, frame_mask=frame_mask
+            return loss
+        return loss, DistillationOutput(
+            loss=loss, terms=terms, predictions=predictions, targets=targets, frame_mask=frame_mask
         )
+
+    def _enhancement(self, inputs: dict[str, torch.Tensor], predicted: torch.Tensor,
+                     frame_mask: torch.Tensor | None) -> torch.Tensor:
+        """The enhancement term: the head's frames (B, F, M) against the log-mel frames of the clean crop, which is
+        the student's own input when both models hear clean audio."""
+        clean_name = "clean_input_values" if "teacher_input_values" in inputs else "input_values"
+        if clean_name not in inputs:
+            raise KeyError("enhancement_weight > 0 needs the clean crop in the batch (clean_input_values): build the "
+                           "views with keep_clean=True")
+        config = self.model.config
+        window, hop = frame_geometry(config.conv_kernel, config.conv_stride)
+        with torch.autocast(predicted.device.type, enabled=False):
+            target = log_mel_frames(inputs[clean_name], predicted.shape[1], window, hop, config.enhancement_bins)
+        return enhancement_loss(predicted, target, frame_mask).loss
 
     def _teacher_targets(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The teacher's hidden states on its own view of the batch (the student's when it has none), without

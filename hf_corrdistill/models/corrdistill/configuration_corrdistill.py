@@ -32,6 +32,9 @@ class CorrDistillConfig(PreTrainedConfig):
             Teacher layers the prediction heads regress, indexed like `hidden_states` (1 = first layer output;
             0, the CNN/projection output, is not allowed).
         teacher_hidden_size (`int`): Width of the teacher's hidden states (the heads' output width).
+        enhancement_bins (`int`):
+            Log-mel bins the training-only enhancement head of [`CorrDistillForPreTraining`] predicts from the last
+            hidden state (RobustDistiller's enhancement task); 0, the default: no such head.
 
     Fine-tuning fields, named as in `HubertConfig` so that the stock `run_audio_classification.py` and
     `run_speech_recognition_ctc.py` scripts set them through `config.update`:
@@ -90,6 +93,7 @@ class CorrDistillConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     pred_layer_ids: list[int] | tuple[int, ...] = (4, 8, 12)
     teacher_hidden_size: int = 768
+    enhancement_bins: int = 0
     # fine-tuning (HubertConfig's names)
     apply_spec_augment: bool = True
     mask_time_prob: float = 0.0
@@ -136,6 +140,8 @@ class CorrDistillConfig(PreTrainedConfig):
                 f"({self.num_conv_pos_embedding_groups})"
             )
         self.check_pred_layer_ids(self.pred_layer_ids)
+        if self.enhancement_bins < 0:
+            raise ValueError(f"enhancement_bins must be >= 0 (0: no enhancement head), got {self.enhancement_bins}")
         for name in ("mask_time_prob", "mask_feature_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")

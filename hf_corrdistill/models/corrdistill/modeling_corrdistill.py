@@ -53,10 +53,13 @@ class CorrDistillForPreTrainingOutput(ModelOutput):
     Args:
         predictions (`torch.FloatTensor` of shape `(batch, num_pred_layers, frames, teacher_hidden_size)`):
             One prediction per entry of `config.pred_layer_ids`.
+        enhancement (`torch.FloatTensor` of shape `(batch, frames, enhancement_bins)`, *optional*):
+            The enhancement head's log-mel frames; `None` when `config.enhancement_bins` is 0.
         last_hidden_state, hidden_states, frame_mask: As in [`CorrDistillModelOutput`].
     """
 
     predictions: torch.FloatTensor | None = None
+    enhancement: torch.FloatTensor | None = None
     last_hidden_state: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     frame_mask: torch.BoolTensor | None = None
@@ -273,7 +276,7 @@ class CorrDistillPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["CorrDistillEncoderLayer"]
     _supports_sdpa = True
     # Distillation heads are not used after distillation; the SpecAugment vector is learned in fine-tuning only.
-    _keys_to_ignore_on_load_unexpected = [r"prediction_heads\.", r"masked_spec_embed"]
+    _keys_to_ignore_on_load_unexpected = [r"prediction_heads\.", r"enhancement_head\.", r"masked_spec_embed"]
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -432,13 +435,28 @@ class CorrDistillPredictionHeads(nn.Module):
         return torch.stack(predictions, dim=1)  # (B, N, F, D_teacher)
 
 
+class CorrDistillEnhancementHead(nn.Module):
+    """RobustDistiller's enhancement task: Linear(H -> H), GELU, Linear(H -> M) log-mel bins of the clean input."""
+
+    def __init__(self, config: CorrDistillConfig):
+        super().__init__()
+        self.hidden = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.GELU()
+        self.output = nn.Linear(config.hidden_size, config.enhancement_bins)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.output(self.activation(self.hidden(hidden_states)))  # (B, F, H) -> (B, F, M)
+
+
 class CorrDistillForPreTraining(CorrDistillPreTrainedModel):
-    """Backbone + prediction heads: the model the distillation trains. Heads serve distillation only."""
+    """Backbone + prediction heads (+ the enhancement head when `config.enhancement_bins` > 0): the model the
+    distillation trains. The heads serve distillation only: `CorrDistillModel` loads the backbone without them."""
 
     def __init__(self, config: CorrDistillConfig):
         super().__init__(config)
         self.corrdistill = CorrDistillModel(config)
         self.prediction_heads = CorrDistillPredictionHeads(config)
+        self.enhancement_head = CorrDistillEnhancementHead(config) if config.enhancement_bins > 0 else None
         self.post_init()
 
     def forward(
@@ -451,8 +469,10 @@ class CorrDistillForPreTraining(CorrDistillPreTrainedModel):
     ) -> CorrDistillForPreTrainingOutput | tuple:
         return_dict = self.config.return_dict if return_dict is None else return_dict
         backbone = self.corrdistill(input_values, attention_mask, output_hidden_states=output_hidden_states)
+        enhancement = None if self.enhancement_head is None else self.enhancement_head(backbone.last_hidden_state)
         output = CorrDistillForPreTrainingOutput(
             predictions=self.prediction_heads(backbone.last_hidden_state),  # (B, N, F, D_teacher)
+            enhancement=enhancement,  # (B, F, M) or None
             last_hidden_state=backbone.last_hidden_state,
             hidden_states=backbone.hidden_states,
             frame_mask=backbone.frame_mask,
