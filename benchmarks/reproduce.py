@@ -99,6 +99,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--head_lr", nargs="+", default=["1e-3", "asr=3e-3"],
                         help="eval_superb --learning_rate (X or TASK=X): SUPERB's 1e-4 suits 200k steps, not "
                              "--quick's few hundred")
+    parser.add_argument("--distil_only", action="store_true",
+                        help="distil the missing students and stop (e.g. several commands side by side, one thread "
+                             "each, with OMP_NUM_THREADS=1); the command without it then scores them")
     parser.add_argument("--train_flags", nargs=argparse.REMAINDER, default=[],
                         help="further train.py flags for every student (last on the line)")
     args = parser.parse_args(argv)
@@ -312,9 +315,15 @@ def main(argv: list[str] | None = None) -> dict:
         students = {}
         for name in args.students:
             students[name], train_seconds[f"{name}-seed{seed}"] = train_student(args, name, seed)
+        if args.distil_only:
+            continue
         tick = time.monotonic()
         runs[seed] = evaluate_seed(args, seed, students)
         eval_seconds = add_seconds(args, f"eval-seed{seed}", time.monotonic() - tick)
+    if args.distil_only:
+        logger.info("distilled %d students (%.1f min); the same command without --distil_only scores them",
+                    len(train_seconds), (time.monotonic() - started) / 60)
+        return {"distillation_seconds": train_seconds}
     scored = {upstream.split("=")[0] for run in runs.values() for per in run["results"].values() for upstream in per}
     differences = paired_differences(runs, args.reference, args.resamples) if args.reference in scored else {}
     summary = {

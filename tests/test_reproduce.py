@@ -19,15 +19,20 @@ def load_reproduce():
     return module
 
 
+def tiny_argv(demo_data: Path, output: Path, *flags: str) -> list[str]:
+    """The shipped tiny teacher, corpus and sets, 2 distillation steps, then ``flags``."""
+    return ["--data", str(demo_data / "superb_mini"), "--corpus", str(demo_data / "speech"),
+            "--teacher", str(demo_data / "tiny_teacher"), "--config", str(ROOT / "configs" / "tiny.yaml"),
+            "--output", str(output), "--steps", "2", *flags,
+            "--train_flags", "--per_device_train_batch_size", "4", "--max_length", "16000"]
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory, demo_data):
     reproduce = load_reproduce()
     output = tmp_path_factory.mktemp("reproduce")
-    argv = ["--data", str(demo_data / "superb_mini"), "--corpus", str(demo_data / "speech"),
-            "--teacher", str(demo_data / "tiny_teacher"), "--config", str(ROOT / "configs" / "tiny.yaml"),
-            "--output", str(output), "--seeds", "0", "1", "--steps", "2", "--tasks", "ks", "--snrs", "clean", "5",
-            "--head_steps", "ks=6", "--students", *"abcdefghi", "--resamples", "500",
-            "--train_flags", "--per_device_train_batch_size", "4", "--max_length", "16000"]
+    argv = tiny_argv(demo_data, output, "--seeds", "0", "1", "--tasks", "ks", "--snrs", "clean", "5", "--head_steps",
+                     "ks=6", "--students", *"abcdefghi", "--resamples", "500")
     return reproduce, output, argv, reproduce.main(argv)
 
 
@@ -76,6 +81,14 @@ def test_students_differ_only_in_their_objective_and_views(smoke):
                          "enhancement_weight"}
     assert all(c["seed"] == 1 and c["data.noise_sources"] == configs["b"]["data.noise_sources"]
                for c in configs.values())
+
+
+def test_distil_only_trains_the_missing_students_and_scores_nothing(tmp_path, demo_data):
+    reproduce = load_reproduce()
+    done = reproduce.main(tiny_argv(demo_data, tmp_path, "--students", "a", "--seeds", "3", "--distil_only"))
+    assert list(done["distillation_seconds"]) == ["a-seed3"]
+    assert (tmp_path / "work" / "students" / "a-seed3" / "model.safetensors").exists()
+    assert not (tmp_path / "results.json").exists() and not (tmp_path / "work" / "eval-seed3").exists()
 
 
 def test_a_second_run_reuses_students_and_heads(smoke, caplog):
