@@ -3,14 +3,13 @@
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import DEMO
+from conftest import DEMO, seeded_globals
 
 from hf_corrdistill.data.views import (
     PITCH_FFT,
     PITCH_HOP,
     PITCH_SEMITONES,
     Distorter,
-    _seeded_globals,
     draw_semitones,
     huang2022,
     only_kind,
@@ -42,7 +41,7 @@ def test_the_shift_is_drawn_as_audiomentations_drew_it():
     drawn = []
     for seed in range(200):
         old_rng, new_rng = np.random.default_rng(seed), np.random.default_rng(seed)
-        with _seeded_globals(old_rng):
+        with seeded_globals(old_rng):
             previous.randomize_parameters(np.zeros(16, np.float32), RATE)
         drawn.append(draw_semitones(new_rng))
         assert drawn[-1] == previous.parameters["num_semitones"]
@@ -76,6 +75,31 @@ def test_it_matches_librosa_pitch_shift(speech, semitones):
     assert shifted.shape == audio.shape
     error = np.sqrt(np.mean(np.square(shifted - reference)) / np.mean(np.square(reference)))
     assert error < 1e-3
+
+
+@pytest.mark.parametrize("negative_zeros", [False, True])
+def test_digital_silence_inside_matches_librosa(speech, monkeypatch, negative_zeros):
+    """Speech, a second of exact zeros, speech (many blocks of frames): within 1e-3 of librosa's RMS. A silent bin's
+    phase is 0 as in librosa also when the FFT returns -0.0 for it (some FFT libraries do; atan2(0, -0.0) is pi)."""
+    import librosa
+
+    from hf_corrdistill.data import views
+
+    if negative_zeros:
+        rfft = views._rfft
+
+        def signed_rfft(rows, n=None):
+            spectrum = rfft(rows, n)
+            spectrum.real[spectrum.real == 0] = -0.0
+            return spectrum
+
+        monkeypatch.setattr(views, "_rfft", signed_rfft)
+    audio = np.concatenate([speech[:40000], np.zeros(RATE, np.float32), speech[:40000]])
+    for semitones in (-2.7, 3.1):
+        reference = librosa.effects.pitch_shift(audio.astype(np.float64), sr=RATE, n_steps=semitones,
+                                                n_fft=PITCH_FFT, hop_length=PITCH_HOP, res_type="soxr_hq")
+        shifted = pitch_shift(audio, semitones)
+        assert np.sqrt(np.mean(np.square(shifted - reference)) / np.mean(np.square(reference))) < 1e-3
 
 
 def test_short_and_silent_inputs(speech):
