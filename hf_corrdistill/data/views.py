@@ -76,11 +76,11 @@ def rms_power(x: np.ndarray) -> float:
     return float(np.square(x).sum()) / max(x.size, 1)
 
 
-def mix_at_snr(signal: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+def mix_at_snr(signal: np.ndarray, noise: np.ndarray, snr_db: float, out: np.ndarray | None = None) -> np.ndarray:
     """signal + g * noise with g chosen so that power(signal) / power(g * noise) = 10^(snr_db / 10) exactly; computed
-    in float32 (within one float32 rounding of the float64 sum)."""
+    in float32 (within one float32 rounding of the float64 sum), into ``out`` when given (``noise`` itself may be)."""
     gain = np.sqrt(rms_power(signal) / (max(rms_power(noise), 1e-20) * 10 ** (snr_db / 10)))
-    mixed = np.multiply(noise, np.float32(gain), dtype=np.float32)
+    mixed = np.multiply(noise, np.float32(gain), out=out, dtype=np.float32)
     mixed += signal
     return mixed
 
@@ -351,6 +351,18 @@ def _periodic_hann(n_fft: int) -> np.ndarray:
     return window
 
 
+@functools.lru_cache(maxsize=4)
+def _overlap_weights(n_fft: int, hop: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pieces, full): the squared Hann window cut into ``n_fft // hop`` pieces of ``hop`` samples, (shifts, hop), and
+    their sum, (hop,): the summed squared windows wherever every shift of the window overlaps (1 where that is 0:
+    librosa divides only where the sum exceeds float32's smallest normal number)."""
+    pieces = np.square(_periodic_hann(n_fft)).reshape(n_fft // hop, hop)
+    full = pieces.sum(axis=0)
+    full[full <= np.finfo(np.float32).tiny] = 1
+    pieces.flags.writeable = full.flags.writeable = False
+    return pieces, full
+
+
 def _phase_vocoder_stretch(samples: np.ndarray, rate: float, n_fft: int, hop: int, block: int = 64) -> np.ndarray:
     """``samples`` (float32) played ``rate`` times faster at the same pitch: librosa's `phase_vocoder` (centred,
     zero-padded Hann STFT; magnitudes interpolated between frames; phase advances accumulated), ``block`` output
@@ -361,6 +373,8 @@ def _phase_vocoder_stretch(samples: np.ndarray, rate: float, n_fft: int, hop: in
     whole turns are dropped between blocks so that float32 keeps the fraction of a turn.
     """
     window = _periodic_hann(n_fft)
+    shifts = n_fft // hop
+    synthesis = window / np.tile(_overlap_weights(n_fft, hop)[1], shifts)  # the inverse STFT's division, folded in
     padded = np.zeros(samples.size + n_fft, np.float32)
     padded[n_fft // 2 : n_fft // 2 + samples.size] = samples
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]  # (T, n_fft), centred frames
@@ -368,7 +382,6 @@ def _phase_vocoder_stretch(samples: np.ndarray, rate: float, n_fft: int, hop: in
     steps = np.arange(0, count, rate)  # the input position of each output frame
     first = steps.astype(np.int64)
     alpha = (steps - first).astype(np.float32)[:, None]
-    shifts = n_fft // hop
     signal = np.zeros(n_fft + hop * (first.size - 1), np.float32)
     accumulated = None  # the phase of the next output frame
     turn = np.float32(2 * np.pi)
@@ -401,28 +414,26 @@ def _phase_vocoder_stretch(samples: np.ndarray, rate: float, n_fft: int, hop: in
         np.multiply(np.cos(running), level, out=parts[..., 0])
         np.multiply(np.sin(running, out=running), level, out=parts[..., 1])
         chunk = _irfft(spectrum, n_fft)  # (b, n_fft)
-        chunk *= window
+        chunk *= synthesis
         for offset in range(shifts):  # frames offset, offset + shifts, ... do not overlap: add them as one block
             group = chunk[offset::shifts]
             at = (start + offset) * hop
             signal[at : at + group.size].reshape(group.shape)[:] += group
-    return _normalise_overlap_add(signal, window, hop, first.size, round(samples.size / rate))
+    return _normalise_overlap_add(signal, n_fft, hop, first.size, round(samples.size / rate))
 
 
-def _normalise_overlap_add(signal: np.ndarray, window: np.ndarray, hop: int, count: int, length: int) -> np.ndarray:
-    """The inverse of the centred STFT from ``count`` windowed frames overlap-added into ``signal`` (``n_fft + hop *
-    (count - 1)`` samples): divided by the summed squared window, the first ``n_fft // 2`` samples dropped, the rest
-    cut or zero-padded to ``length``. Divided in rows of ``hop`` samples: every row away from the ends sees all
-    ``n_fft // hop`` pieces of the window; the rows at the ends, fewer."""
-    n_fft = window.size
+def _normalise_overlap_add(signal: np.ndarray, n_fft: int, hop: int, count: int, length: int) -> np.ndarray:
+    """The inverse of the centred STFT from ``count`` frames overlap-added into ``signal`` (``n_fft + hop * (count -
+    1)`` samples), each already multiplied by the window over the full overlap's summed squared windows: the rows of
+    ``hop`` samples near the ends, which fewer frames overlap, rescaled to their own sum (left as they are where it
+    is 0, as librosa does); the first ``n_fft // 2`` samples dropped, the rest cut or zero-padded to ``length``."""
     shifts = n_fft // hop
-    pieces = np.square(window).reshape(shifts, hop)  # piece s: the squared window's samples s * hop ..
+    pieces, full = _overlap_weights(n_fft, hop)
     rows = signal.reshape(-1, hop)  # row r holds pieces r - j of frames j, for 0 <= j < count and 0 <= r - j < shifts
-    rows[shifts - 1 : count] /= pieces.sum(axis=0)
     tiny = np.finfo(np.float32).tiny
     for row in (*range(min(shifts - 1, rows.shape[0])), *range(max(count, shifts - 1), rows.shape[0])):
         weight = pieces[max(0, row - count + 1) : min(row, shifts - 1) + 1].sum(axis=0)
-        rows[row] /= np.where(weight > tiny, weight, 1)
+        rows[row] *= full / np.where(weight > tiny, weight, 1)
     kept = signal[n_fft // 2 : n_fft // 2 + length]
     return kept if kept.size == length else np.pad(kept, (0, length - kept.size))
 
@@ -486,7 +497,7 @@ class Distorter:
             noise = self.noise_bank.segment(view.size, rng)
         else:
             noise = gaussian_noise(view.size, rng)
-        return mix_at_snr(view, noise, snr), snr
+        return mix_at_snr(view, noise, snr, out=noise), snr  # the noise is this view's own: mixed in place
 
 
 class ViewMaker:
