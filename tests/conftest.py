@@ -1,9 +1,12 @@
 import os
+import random
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import HubertConfig, HubertModel
@@ -12,6 +15,21 @@ from hf_corrdistill import CorrDistillConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo_data"
+
+
+@contextmanager
+def seeded_globals(rng: np.random.Generator):
+    """How the views drew audiomentations' parameters before they drew them themselves: the global `random` and
+    NumPy generators seeded from one draw of ``rng`` (then restored), for checking that the draws are unchanged."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    seed = int(rng.integers(2**31))
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 def require_espeak() -> None:

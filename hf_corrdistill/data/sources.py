@@ -171,12 +171,13 @@ def decode_audio(value: dict[str, Any], sample_rate: int = SAMPLE_RATE) -> np.nd
     name = describe(value)
     try:
         source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
-        samples, rate = sf.read(source, dtype="float32", always_2d=True)  # (T, channels)
+        samples, rate = sf.read(source, dtype="float32")  # (T,) for mono, (T, channels) otherwise
     except Exception as error:  # soundfile raises several types for broken files
         if _holds_no_bytes(value):
             raise AudioDecodeError(f"{name} is an empty file (0 bytes)", "empty") from error
         raise AudioDecodeError(f"cannot decode {name}: {error}", "undecodable") from error
-    samples = samples.mean(axis=1)  # mono
+    if samples.ndim == 2:
+        samples = samples.mean(axis=1)  # mono
     if samples.size == 0:
         raise AudioDecodeError(f"{name} holds no samples", "empty")
     if not np.isfinite(samples).all():
