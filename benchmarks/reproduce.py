@@ -344,14 +344,15 @@ def main(argv: list[str] | None = None) -> dict:
         "evaluation_seconds": eval_seconds,  # per seed, summed over invocations
         "compute_seconds": sum(train_seconds.values()) + sum(eval_seconds.values()),
         "machine": {"device": torch.cuda.get_device_name() if torch.cuda.is_available()
-                    else f"CPU ({torch.get_num_threads()} threads)", "platform": platform.platform(),
+                    else f"CPU ({torch.get_num_threads()} thread{'s' * (torch.get_num_threads() > 1)})",
+                    "platform": platform.platform(),
                     "torch": torch.__version__},
     }
     args.output.mkdir(parents=True, exist_ok=True)
     text = json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n"
     # paths inside the checkout are written relative to it: the record names no machine
     (args.output / "results.json").write_text(text.replace(json.dumps(f"{ROOT}/")[1:-1], ""))
-    (args.output / "results.md").write_text(markdown(summary))
+    (args.output / "results.md").write_text(markdown(summary).replace(f"{ROOT}/", ""))
     plot(summary, args.output / "results.png")
     logger.info("wrote results.json, results.md and results.png under %s (%.1f min)", args.output,
                 summary["seconds"] / 60)

@@ -58,6 +58,7 @@ def test_every_student_seed_and_condition_is_scored(smoke):
     assert set(saved["evaluation_seconds"]) == {"eval-seed0", "eval-seed1"} and saved["compute_seconds"] > 0
     text = (output / "results.json").read_text()
     assert f"{ROOT}/" not in text and '"demo_data/tiny_teacher"' in text  # paths in the checkout: relative to it
+    assert f"{ROOT}/" not in markdown
 
 
 def test_students_differ_only_in_their_objective_and_views(smoke):
