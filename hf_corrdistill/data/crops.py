@@ -180,15 +180,13 @@ class AudioCollator:
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         lengths = [len(f["input_values"]) for f in features]
         longest = math.ceil(max(lengths) / self.pad_to_multiple_of) * self.pad_to_multiple_of
-        input_values = torch.zeros(len(features), longest)  # (B, T)
-        attention_mask = torch.zeros(len(features), longest, dtype=torch.long)  # (B, T)
-        batch = {"input_values": input_values, "attention_mask": attention_mask}
-        for name in ("input_values", *(c for c in self.companions if c in features[0])):
-            values = batch.setdefault(name, torch.zeros_like(input_values))  # (B, T)
-            for row, (feature, length) in enumerate(zip(features, lengths, strict=True)):
-                values[row, :length] = torch.as_tensor(feature[name])
-        for row, length in enumerate(lengths):
-            attention_mask[row, :length] = 1
+        names = ("input_values", *(c for c in self.companions if c in features[0]))
+        batch = {name: torch.zeros(len(features), longest) for name in names}  # each (B, T)
+        batch["attention_mask"] = torch.zeros(len(features), longest, dtype=torch.long)  # (B, T)
+        for row, (feature, length) in enumerate(zip(features, lengths, strict=True)):
+            for name in names:
+                batch[name][row, :length] = torch.as_tensor(feature[name])
+            batch["attention_mask"][row, :length] = 1
         for name in ("student_snr", "teacher_snr"):
             if name in features[0]:
                 batch[name] = torch.tensor([f[name] for f in features], dtype=torch.float32)  # (B,)

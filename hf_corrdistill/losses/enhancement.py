@@ -44,6 +44,12 @@ def _mel_matrix(fft_bins: int, num_bins: int, sample_rate: int) -> np.ndarray:
     return mel_filter_bank(fft_bins, num_bins, 20.0, sample_rate / 2, sample_rate, mel_scale="kaldi")  # (K, M)
 
 
+@functools.lru_cache(maxsize=8)
+def _mel_tensor(fft_bins: int, num_bins: int, sample_rate: int, device: torch.device) -> torch.Tensor:
+    """The float32 mel matrix on ``device``, made once per device (not copied there at every step)."""
+    return torch.from_numpy(_mel_matrix(fft_bins, num_bins, sample_rate)).float().to(device)  # (K, M)
+
+
 def log_mel_frames(
     waveforms: torch.Tensor, num_frames: int, window: int, hop: int, num_bins: int = 80, sample_rate: int = 16000
 ) -> torch.Tensor:
@@ -61,7 +67,7 @@ def log_mel_frames(
     frames = waveforms.float().unfold(1, window, hop)[:, :num_frames]  # (B, F, window)
     taper = torch.hann_window(window, periodic=True, device=frames.device)
     power = torch.fft.rfft(frames * taper, n=n_fft).abs().square()  # (B, F, K), K = n_fft / 2 + 1
-    mel = torch.from_numpy(_mel_matrix(n_fft // 2 + 1, num_bins, sample_rate)).to(power)  # (K, M)
+    mel = _mel_tensor(n_fft // 2 + 1, num_bins, sample_rate, power.device)  # (K, M)
     return torch.log(power @ mel + LOG_FLOOR)  # (B, F, M)
 
 
