@@ -5,6 +5,7 @@
 
 import argparse
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -42,6 +43,7 @@ __all__ = [
     "build_views",
     "check_output_dir",
     "complete_checkpoint",
+    "end_processes",
     "main",
     "parse_args",
     "preview_args",
@@ -270,14 +272,29 @@ def main(argv: list[str] | None = None) -> None:
     if trainer.is_world_process_zero():
         Path(args.output_dir, "distillation_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
         logger.info("student written to %s", args.output_dir)
-        if hub_repo:
-            from ..hub.push import push_student
+    end_processes(trainer)
+    if hub_repo and trainer.is_world_process_zero():  # after the other processes have left: an upload needs no group
+        from ..hub.push import push_student
 
-            try:
-                push_student(args.output_dir, hub_repo, export_format=args.export_format,
-                             private=args.hub_private_repo, token=args.hub_token)
-            except Exception:
-                logger.error("pushing to %s failed; the student is saved: retry with python -m hf_corrdistill.hub "
-                             "push %s --repo_id %s --export_format %s", hub_repo, args.output_dir, hub_repo,
-                             args.export_format)
-                raise
+        try:
+            push_student(args.output_dir, hub_repo, export_format=args.export_format,
+                         private=args.hub_private_repo, token=args.hub_token)
+        except Exception:
+            logger.error("pushing to %s failed; the student is saved: retry with python -m hf_corrdistill.hub "
+                         "push %s --repo_id %s --export_format %s", hub_repo, args.output_dir, hub_repo,
+                         args.export_format)
+            raise
+
+
+def end_processes(trainer) -> None:
+    """Ends a successful run of several processes deliberately: every process meets the others, lets go of the
+    data-parallel wrapper (it holds the process group) and the accelerator's references, then destroys the group.
+    Left to interpreter shutdown, gloo's threads can be torn down under a live group, and a finished run aborts."""
+    accelerator = trainer.accelerator
+    if accelerator.num_processes == 1:
+        return
+    accelerator.wait_for_everyone()
+    trainer.model_wrapped = trainer.model
+    accelerator.free_memory()
+    gc.collect()  # the wrapper's reducer, before its group
+    accelerator.end_training()
