@@ -31,15 +31,14 @@ CorrDistillConfig.register_for_auto_class()
 
 
 def register_auto_classes() -> None:
-    """Register the models with AutoModel, AutoModelForPreTraining, AutoModelForAudioClassification, AutoModelForCTC
-    and AutoProcessor, and for `auto_map` in saved configs. Safe to call more than once."""
+    """Register the models with AutoModel, AutoModelForPreTraining, AutoModelForAudioClassification and
+    AutoModelForCTC, and for `auto_map` in saved configs (the config module registers the tokenizer and processor).
+    Safe to call more than once."""
     from transformers import (
         AutoModel,
         AutoModelForAudioClassification,
         AutoModelForCTC,
         AutoModelForPreTraining,
-        AutoProcessor,
-        Wav2Vec2Processor,
     )
 
     from .models.corrdistill import modeling_corrdistill as modeling
@@ -49,8 +48,6 @@ def register_auto_classes() -> None:
     AutoModelForAudioClassification.register(CorrDistillConfig, modeling.CorrDistillForSequenceClassification,
                                              exist_ok=True)
     AutoModelForCTC.register(CorrDistillConfig, modeling.CorrDistillForCTC, exist_ok=True)
-    # As for HuBERT: a CTC folder (feature extractor + tokenizer) loads as one processor (the stock CTC script uses it)
-    AutoProcessor.register(CorrDistillConfig, Wav2Vec2Processor, exist_ok=True)
     modeling.CorrDistillModel.register_for_auto_class("AutoModel")
     modeling.CorrDistillForPreTraining.register_for_auto_class("AutoModelForPreTraining")
     modeling.CorrDistillForSequenceClassification.register_for_auto_class("AutoModelForAudioClassification")

@@ -2,10 +2,13 @@
 
 Both export formats are staged as `python -m hf_corrdistill.hub push --dry_run` stages them, placed in a temporary
 Hugging Face cache as the Hub repository `org/tiny-student-<format>` (HF_HUB_OFFLINE=1), and a fresh process that
-cannot import this package replays the script's calls in order: its `create_vocabulary_from_data`, `AutoConfig`, the
-tokenizer built from the new vocab.json by `tokenizer_class` or `model_type`, `AutoFeatureExtractor`, its
+cannot import this package replays the calls of the script as transformers 5 ships it, in order: its
+`create_vocabulary_from_data`, `AutoConfig`, the tokenizer built from the new vocab.json with
+`AutoTokenizer.from_pretrained(..., config=config, tokenizer_type=config.model_type)`, `AutoFeatureExtractor`, its
 `config.update`, `AutoModelForCTC`, `freeze_feature_encoder`, `AutoProcessor` on the output directory that holds the
-saved feature extractor, tokenizer and config, its `DataCollatorCTCWithPadding` and a few `Trainer` steps.
+saved feature extractor, tokenizer and config, its `DataCollatorCTCWithPadding` and a few `Trainer` steps. The
+tokenizer step of the 4.x script (`config` when the config names a `tokenizer_class`, else `tokenizer_type`) is
+replayed beside it, and `AutoProcessor` on the published (pre-trained, vocabulary-less) repository too.
 
 What the replay leaves out needs the Hub: `load_dataset` (the audio here is read with soundfile, already at 16 kHz),
 the `evaluate` metrics, telemetry.
@@ -25,6 +28,7 @@ from conftest import DEMO, save_tiny_student
 from hf_corrdistill.hub.push import stage
 
 LIBRISPEECH = DEMO / "superb_mini" / "LibriSpeech" / "train-clean-100"
+TINY_HUBERT = DEMO / "tiny_teacher"  # a plain pre-trained HubertModel folder (config, weights, feature extractor)
 
 SCRIPT = r'''
 import functools, json, os, sys
@@ -35,9 +39,9 @@ import soundfile as sf
 import torch
 from datasets import Dataset, DatasetDict
 from transformers import (AutoConfig, AutoFeatureExtractor, AutoModelForCTC, AutoProcessor, AutoTokenizer, Trainer,
-                          TrainingArguments, Wav2Vec2Processor)
+                          TrainingArguments, Wav2Vec2Processor, pipeline)
 
-model_name_or_path, output_dir, data_dir, report = sys.argv[1:]
+model_name_or_path, output_dir, data_dir, hubert_dir, report = sys.argv[1:]
 trust_remote_code = True  # --trust_remote_code
 torch.manual_seed(0)
 
@@ -63,6 +67,18 @@ word_delimiter_token, unk_token, pad_token = "|", "[UNK]", "[PAD]"
 config = AutoConfig.from_pretrained(model_name_or_path, cache_dir=None, token=None,
                                     trust_remote_code=trust_remote_code)
 config_tokenizer_class = config.tokenizer_class if hasattr(config, "tokenizer_class") else "<no attribute>"
+
+
+def outcome(load):  # the class a loader returns, or the error it raises
+    try:
+        return type(load()).__name__
+    except Exception as error:
+        return f"error {type(error).__name__}"
+
+
+# not the script's: what a user gets from AutoProcessor on the published repository and on a plain HuBERT folder
+pretrained_processor = outcome(lambda: AutoProcessor.from_pretrained(model_name_or_path, trust_remote_code=True))
+hubert_processor = outcome(lambda: AutoProcessor.from_pretrained(hubert_dir))
 
 
 # 4. no --tokenizer_name_or_path: the vocabulary of the data, in the output directory
@@ -93,16 +109,16 @@ vocab_dict = create_vocabulary_from_data(raw_datasets, word_delimiter_token=word
                                          unk_token=unk_token, pad_token=pad_token)
 with open(vocab_file, "w") as file:
     json.dump(vocab_dict, file)
-# the tokenizer is defined by `tokenizer_class` if present in config else by `model_type` (read with getattr: the
-# configs of transformers 5 have no `tokenizer_class` attribute unless their config.json sets one)
+special_tokens = {"unk_token": unk_token, "pad_token": pad_token, "word_delimiter_token": word_delimiter_token}
+# the 4.x script: the tokenizer is defined by `tokenizer_class` if present in config else by `model_type` (read with
+# getattr: the configs of transformers 5 have no `tokenizer_class` attribute unless their config.json sets one)
 tokenizer_class = getattr(config, "tokenizer_class", None)
-tokenizer_kwargs = {
-    "config": config if tokenizer_class is not None else None,
-    "tokenizer_type": config.model_type if tokenizer_class is None else None,
-    "unk_token": unk_token,
-    "pad_token": pad_token,
-    "word_delimiter_token": word_delimiter_token,
-}
+tokenizer_4x = outcome(lambda: AutoTokenizer.from_pretrained(
+    tokenizer_name_or_path, token=None, trust_remote_code=trust_remote_code,
+    config=config if tokenizer_class is not None else None,
+    tokenizer_type=config.model_type if tokenizer_class is None else None, **special_tokens))
+# the 5.x script: both the config and its model type
+tokenizer_kwargs = {"config": config, "tokenizer_type": config.model_type, **special_tokens}
 
 # 5. feature extractor, tokenizer, model
 tokenizer = AutoTokenizer.from_pretrained(tokenizer_name_or_path, token=None, trust_remote_code=trust_remote_code,
@@ -193,8 +209,15 @@ trainer = Trainer(model=model, data_collator=data_collator, args=training_args,
 checkpoint = model_name_or_path if os.path.isdir(model_name_or_path) else None
 trainer.train(resume_from_checkpoint=checkpoint)
 trainer.save_model()
+
+# not the script's: the fine-tuned folder as an ASR pipeline, in this process that cannot import the package
+transcribe = pipeline("automatic-speech-recognition", model=output_dir, trust_remote_code=True)
+transcript = transcribe(np.asarray(rows[0]["audio"]["array"], dtype=np.float32))["text"]
 json.dump({
     "config_tokenizer_class": config_tokenizer_class,
+    "pretrained_processor": pretrained_processor,
+    "hubert_processor": hubert_processor,
+    "tokenizer_4x": tokenizer_4x,
     "tokenizer": type(tokenizer).__name__,
     "processor": type(processor).__name__,
     "model": f"{type(model).__module__}.{type(model).__name__}",
@@ -207,6 +230,7 @@ json.dump({
     "frozen": sorted(name for name, p in model.named_parameters() if not p.requires_grad),
     "imported": sorted(m for m in sys.modules if m.startswith("hf_corrdistill") and sys.modules[m] is not None),
     "saved": sorted(os.listdir(output_dir)),
+    "transcript": transcript,
 }, open(report, "w"))
 '''
 
@@ -238,7 +262,7 @@ def test_stock_ctc_script_fine_tunes_a_published_student(hub_cache, export_forma
            "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(hub_cache), "HF_DATASETS_OFFLINE": "1"}
     report = tmp_path / "report.json"
     command = [sys.executable, "-c", SCRIPT, f"org/tiny-student-{export_format}", str(tmp_path / "asr"),
-               str(LIBRISPEECH), str(report)]
+               str(LIBRISPEECH), str(TINY_HUBERT), str(report)]
     # no stdin: a question about remote code fails at once instead of waiting for an answer
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env,
                             stdin=subprocess.DEVNULL, timeout=300)
@@ -247,7 +271,11 @@ def test_stock_ctc_script_fine_tunes_a_published_student(hub_cache, export_forma
     assert run["imported"] == []
     # read as an attribute, as older texts of the script do, the config names the CTC tokenizer in both formats
     assert run["config_tokenizer_class"] == "Wav2Vec2CTCTokenizer"
-    assert run["tokenizer"] == "Wav2Vec2CTCTokenizer"
+    assert run["tokenizer"] == run["tokenizer_4x"] == "Wav2Vec2CTCTokenizer"  # the 5.x and the 4.x tokenizer step
+    if export_format == "native":  # no vocabulary: the feature extractor, not a TypeError in the tokenizer
+        assert run["pretrained_processor"] == "Wav2Vec2FeatureExtractor"
+    else:  # a plain HuBERT: whatever transformers gives a pre-trained HuBERT folder
+        assert run["pretrained_processor"] == run["hubert_processor"]
     assert run["processor"] == "Wav2Vec2Processor"  # feature extractor and tokenizer: the collator pads both
     if export_format == "native":
         assert run["model"].startswith("transformers_modules.") and run["model"].endswith(".CorrDistillForCTC")
@@ -264,3 +292,4 @@ def test_stock_ctc_script_fine_tunes_a_published_student(hub_cache, export_forma
     assert not set(run["frozen"]) & set(run["changed"])
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "tokenizer_config.json",
             "vocab.json"} <= set(run["saved"])
+    assert isinstance(run["transcript"], str) and set(run["transcript"]) <= set(run["vocab"]) | {" "}

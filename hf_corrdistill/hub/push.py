@@ -121,8 +121,8 @@ def _hubert_difference(backbone: "CorrDistillModel", hubert) -> float:
 
 
 def _write_preprocessor(student_dir: Path, output: Path) -> None:
-    """The student's feature extractor (HuBERT Base's if it has none), 16 kHz, naming `Wav2Vec2Processor` so that
-    `AutoProcessor`-based scripts find a processor class (as for HuBERT, that class also needs a tokenizer)."""
+    """The student's feature extractor (HuBERT Base's if it has none), 16 kHz. It names no processor class:
+    `AutoProcessor` picks one from the config's model type (`CorrDistillProcessor`, or HuBERT's for an export)."""
     try:
         extractor = AutoFeatureExtractor.from_pretrained(student_dir)
     except (OSError, ValueError):
@@ -130,10 +130,6 @@ def _write_preprocessor(student_dir: Path, output: Path) -> None:
     if getattr(extractor, "sampling_rate", None) != SAMPLE_RATE:
         raise PushError(f"{student_dir}: the feature extractor expects {extractor.sampling_rate} Hz, not 16 kHz")
     extractor.save_pretrained(output)
-    path = output / "preprocessor_config.json"
-    # transformers drops "processor_class" from a feature extractor's own fields, so it is added to the file.
-    path.write_text(json.dumps({**json.loads(path.read_text()), "processor_class": "Wav2Vec2Processor"}, indent=2,
-                               sort_keys=True) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------ SUPERB results

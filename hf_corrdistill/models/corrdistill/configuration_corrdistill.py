@@ -63,9 +63,8 @@ class CorrDistillConfig(PreTrainedConfig):
             Tokenizer a CTC fine-tuning script builds from a fresh `vocab.json` (the stock script reads it from the
             config because `corrdistill` is not a model type `AutoTokenizer` knows).
 
-    `processor_class` (a class attribute, never saved) names the processor `AutoProcessor` builds from a folder that
-    holds this config, a feature extractor and a tokenizer, as the stock CTC script's output directory: a
-    `Wav2Vec2Processor`, as for HuBERT.
+    `AutoTokenizer` and `AutoProcessor` know the `corrdistill` type once this file is imported (see
+    `CorrDistillProcessor`).
     """
 
     model_type = "corrdistill"
@@ -110,7 +109,6 @@ class CorrDistillConfig(PreTrainedConfig):
     ctc_loss_reduction: str = "sum"
     ctc_zero_infinity: bool = False
     tokenizer_class: str | None = "Wav2Vec2CTCTokenizer"
-    processor_class = "Wav2Vec2Processor"  # no annotation: not a field, not saved
 
     def __post_init__(self, **kwargs):
         self.conv_dim = tuple(self.conv_dim)
@@ -170,23 +168,53 @@ class CorrDistillConfig(PreTrainedConfig):
         return ratio
 
 
-def _register_model_type() -> None:
-    """Register `corrdistill` with `AutoConfig`, unless it is registered already (by hf_corrdistill, or by a
-    student loaded before).
+class CorrDistillProcessor:
+    """What `AutoProcessor` loads from a `corrdistill` folder: a `Wav2Vec2Processor` (feature extractor and CTC
+    tokenizer, as for HuBERT) where the folder holds a CTC vocabulary, as a fine-tuning script's output does; the
+    `Wav2Vec2FeatureExtractor` alone where it holds none, as a pre-trained student."""
+
+    _HUB_KWARGS = ("cache_dir", "force_download", "token", "revision", "local_files_only", "subfolder")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Processor
+        from transformers.utils import cached_file
+
+        vocabulary = cached_file(
+            pretrained_model_name_or_path, "vocab.json", _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False, **{k: v for k, v in kwargs.items() if k in cls._HUB_KWARGS}
+        )
+        if vocabulary is None:
+            kwargs.pop("trust_remote_code", None)
+            return Wav2Vec2FeatureExtractor.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return Wav2Vec2Processor.from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+
+def _register_with_auto_classes() -> None:
+    """Register `corrdistill` with `AutoConfig`, `AutoTokenizer` and `AutoProcessor`, unless it is registered
+    already (by hf_corrdistill, or by a student loaded before).
 
     Imported as remote code (`trust_remote_code=True`), this file makes the folders that scripts save from a loaded
     student (a config.json with `auto_map`, beside a feature extractor and a tokenizer) load with `AutoConfig` and
     `AutoProcessor` in the same process without asking again for remote code, as the stock CTC script's
-    `AutoProcessor.from_pretrained(output_dir)` does. Once registered, this class serves every `corrdistill` config
-    loaded in the process.
+    `AutoProcessor.from_pretrained(output_dir)` does, and lets that script build its tokenizer with
+    `tokenizer_type=config.model_type`. Once registered, this class serves every `corrdistill` config loaded in the
+    process.
     """
-    from transformers import AutoConfig
+    from transformers import AutoConfig, AutoProcessor, AutoTokenizer, Wav2Vec2CTCTokenizer
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
 
-    if CorrDistillConfig.model_type not in CONFIG_MAPPING:
-        AutoConfig.register(CorrDistillConfig.model_type, CorrDistillConfig)
+    model_type = CorrDistillConfig.model_type
+    if model_type not in CONFIG_MAPPING:
+        AutoConfig.register(model_type, CorrDistillConfig)
+    config_class = CONFIG_MAPPING[model_type]
+    AutoTokenizer.register(config_class, Wav2Vec2CTCTokenizer, exist_ok=True)
+    # `tokenizer_type=` is looked up in this name table alone, which `AutoTokenizer.register` does not fill
+    TOKENIZER_MAPPING_NAMES.setdefault(model_type, Wav2Vec2CTCTokenizer.__name__)
+    AutoProcessor.register(config_class, CorrDistillProcessor, exist_ok=True)
 
 
-_register_model_type()
+_register_with_auto_classes()
 
-__all__ = ["CorrDistillConfig"]
+__all__ = ["CorrDistillConfig", "CorrDistillProcessor"]
