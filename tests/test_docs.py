@@ -1,12 +1,15 @@
 """The docs stay honest: every relative link in README.md and docs/*.md resolves (files, and anchors against the
-target's headings), and every flag in their train.py, eval_superb.py and `python -m hf_corrdistill...` commands is one
-that command's parser accepts (read from its --help, in-process)."""
+target's headings); every flag in their train.py, eval_superb.py and `python -m hf_corrdistill...` commands, and in
+the Makefile's, is one that command's parser accepts (read from its --help, in-process); the values of train.py and
+eval_superb.py commands pass those commands' own checks (parsed, nothing run); and every file of this repository
+that a command names exists."""
 
 import contextlib
 import importlib
 import io
 import re
 import shlex
+import subprocess
 from functools import cache
 from pathlib import Path
 
@@ -84,23 +87,40 @@ def broken_links(path: Path) -> list[str]:
     return problems
 
 
-def commands(path: Path) -> list[tuple[str, list[str]]]:
-    """(parser key, the flags given) of each checked command in the shell code blocks of ``path``."""
+def shell_lines(path: Path) -> list[str]:
+    """The command lines of ``path``: its shell code blocks, or the recipes of a Makefile with its variables
+    substituted (`$(BIN)/python` is `python`); continuation lines joined."""
+    if path.name == "Makefile":
+        text = path.read_text()
+        variables = dict(re.findall(r"^([A-Z_]+) *[:?]?= *(.*?)\s*$", text, re.M))
+        variables.update(BIN="", PYTHON="python", THREADS="2")
+        recipes = "\n".join(line[1:] for line in text.replace("\\\n", " ").splitlines() if line.startswith("\t"))
+        lines = re.sub(r"\$\((\w+)\)", lambda m: variables.get(m.group(1), m.group(0)), recipes)
+        return [line.replace("/python ", "python ").replace("/accelerate ", "accelerate ")
+                for line in lines.splitlines()]
     _, blocks = prose_and_code(path)
+    return [line for language, lines in blocks if language in SHELL_FENCES
+            for line in "\n".join(lines).replace("\\\n", " ").splitlines()]
+
+
+def invocations(path: Path) -> list[tuple[str, list[str]]]:
+    """(parser key, the arguments after the script or module) of each checked command of ``path``."""
     found = []
-    for language, lines in blocks:
-        if language not in SHELL_FENCES:
+    for line in shell_lines(path):
+        try:
+            tokens = shlex.split(line, comments=True)
+        except ValueError:
             continue
-        for line in "\n".join(lines).replace("\\\n", " ").splitlines():
-            try:
-                tokens = shlex.split(line, comments=True)
-            except ValueError:
-                continue
-            for command in _split_commands(tokens):
-                parsed = _parse(command)
-                if parsed:
-                    found.append(parsed)
+        for command in _split_commands(tokens):
+            parsed = _parse(command)
+            if parsed:
+                found.append(parsed)
     return found
+
+
+def commands(path: Path) -> list[tuple[str, list[str]]]:
+    """(parser key, the flags given) of each checked command of ``path``."""
+    return [(key, _flags(arguments)) for key, arguments in invocations(path)]
 
 
 def _split_commands(tokens: list[str]) -> list[list[str]]:
@@ -115,16 +135,16 @@ def _split_commands(tokens: list[str]) -> list[list[str]]:
 
 
 def _parse(tokens: list[str]) -> tuple[str, list[str]] | None:
-    """The parser key and the --flags of one command, or None when it is not one of the checked commands."""
+    """The parser key and the arguments of one command, or None when it is not one of the checked commands."""
     for index, token in enumerate(tokens):
         if Path(token).name in SCRIPTS:  # python train.py, accelerate launch [flags] train.py, time ...
-            return Path(token).name, _flags(tokens[index + 1:])
+            return Path(token).name, tokens[index + 1:]
         if token == "-m" and index + 1 < len(tokens) and tokens[index + 1].startswith("hf_corrdistill"):
             module, rest = tokens[index + 1], tokens[index + 2:]
             if module == "hf_corrdistill.hub":
                 module = f"{module} {rest[0]}" if rest else module
                 rest = rest[1:]
-            return module, _flags(rest)
+            return module, rest
     return None
 
 
@@ -169,14 +189,95 @@ def test_links_resolve(path):
     assert broken_links(path) == []
 
 
-@pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def bad_values(path: Path) -> list[str]:
+    """train.py commands through `read_config` and `preview_args` (every check before a model loads, the YAML file
+    included), eval_superb.py commands through its parser and `EvalArguments`' checks; `--help` lines skipped."""
+    from hf_corrdistill.superb.arguments import parse
+    from hf_corrdistill.training.train_cli import preview_args, read_config
+
+    checks = {"train.py": lambda arguments: preview_args(read_config(arguments)), "eval_superb.py": parse}
+    problems = []
+    for key, arguments in invocations(path):
+        if key not in checks or "--help" in arguments:
+            continue
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                checks[key](arguments)
+        except (Exception, SystemExit) as error:
+            problems.append(f"{path.relative_to(ROOT)}: {key}: {type(error).__name__}: {error}")
+    return problems
+
+
+REPO_PATH = re.compile(r"^(configs|demo_data|benchmarks|docs|tests|hf_corrdistill|model_cards)/\S*$")
+
+
+def _ignored(name: str) -> bool:
+    """Whether git ignores ``name`` (a run's work folder, written by the command rather than read by it)."""
+    return subprocess.run(["git", "check-ignore", "-q", name], cwd=ROOT).returncode == 0
+
+
+def missing_files(path: Path) -> list[str]:
+    """Words of the command lines that name a file of this repository (configs/..., benchmarks/...) must exist,
+    unless git ignores them (what a run writes)."""
+    problems = []
+    for line in shell_lines(path):
+        try:
+            tokens = shlex.split(line, comments=True)
+        except ValueError:
+            continue
+        for token in tokens:
+            named = token.split("=", 1)[-1]
+            if REPO_PATH.match(named) and not (ROOT / named).exists() and not _ignored(named):
+                problems.append(f"{path.relative_to(ROOT)}: {named}: no such file in the repository")
+    return problems
+
+
+CHECKED = [*DOCS, ROOT / "Makefile"]
+
+
+@pytest.mark.parametrize("path", CHECKED, ids=lambda p: str(p.relative_to(ROOT)))
 def test_command_flags_are_accepted(path):
     assert unknown_flags(path) == []
+
+
+@pytest.mark.parametrize("path", CHECKED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_command_values_pass_the_commands_checks(path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # configs and data are named relative to the repository
+    assert bad_values(path) == []
+
+
+@pytest.mark.parametrize("path", CHECKED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_files_named_by_commands_exist(path):
+    assert missing_files(path) == []
 
 
 def test_the_docs_have_commands_to_check():
     keys = {key for path in DOCS for key, _ in commands(path)}
     assert {"train.py", "eval_superb.py", "hf_corrdistill.hub push", "hf_corrdistill.hub.export"} <= keys
+    makefile = dict(invocations(ROOT / "Makefile"))  # the demo's distillation and evaluation
+    assert makefile["train.py"][:3] == ["configs/demo.yaml", "--output_dir", "outputs/demo"]
+    assert {"--upstream", "--tasks", "--data"} <= set(_flags(makefile["eval_superb.py"]))
+
+
+def test_a_bad_value_a_missing_file_and_a_makefile_recipe_are_caught(tmp_path, monkeypatch):
+    page = tmp_path / "page.md"
+    page.write_text("```bash\npython train.py configs/tiny.yaml --max_steps many\n"
+                    "python eval_superb.py --upstream s=outputs/demo --tasks ks nope\n"
+                    "python benchmarks/no_such_script.py --data configs/gone.yaml\n```\n")
+    monkeypatch.setitem(globals(), "ROOT", ROOT)
+    monkeypatch.chdir(ROOT)
+    page = page.rename(ROOT / "docs" / f"probe-{tmp_path.name}.md")  # inside the repository, as the pages are
+    try:
+        values, files = bad_values(page), missing_files(page)
+    finally:
+        page.unlink()
+    assert len(values) == 2 and "max_steps" in values[0] and "unknown task(s) ['nope']" in values[1]
+    assert [problem.split(": ")[1] for problem in files] == ["benchmarks/no_such_script.py", "configs/gone.yaml"]
+    makefile = tmp_path / "Makefile"
+    makefile.write_text("BIN := .venv/bin\nDATA := data/x\n\ndemo:\n\t$(BIN)/python train.py configs/tiny.yaml \\\n"
+                        "\t    --view_snr_min 30 --data_dir $(DATA)\n")
+    assert invocations(makefile) == [("train.py", ["configs/tiny.yaml", "--view_snr_min", "30", "--data_dir",
+                                                   "data/x"])]
 
 
 def test_a_made_up_flag_is_caught(tmp_path, monkeypatch):

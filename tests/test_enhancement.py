@@ -1,5 +1,6 @@
 """The enhancement term: its maths against plain float64 references, and its wiring (head, batch, trainer, exports)."""
 
+import librosa
 import numpy as np
 import pytest
 import torch
@@ -12,7 +13,7 @@ from hf_corrdistill import CorrDistillConfig, CorrDistillForPreTraining
 from hf_corrdistill.data.crops import AudioCollator
 from hf_corrdistill.data.views import Distorter, ViewMaker, huang2022
 from hf_corrdistill.losses import LOSSES, correlation_loss, enhancement_loss, frame_geometry, log_mel_frames
-from hf_corrdistill.losses.enhancement import LOG_FLOOR, _mel_matrix
+from hf_corrdistill.losses.enhancement import LOG_FLOOR
 
 
 @pytest.fixture(autouse=True)
@@ -21,10 +22,12 @@ def _run_from_repo_root(monkeypatch):
 
 
 def reference_log_mel(wave: np.ndarray, frames: int, window: int, hop: int, bins: int) -> np.ndarray:
-    """Frame by frame in float64: Hann window, |rfft|^2, mel filters, log."""
+    """Frame by frame in float64: Hann window, |rfft|^2, mel filters (librosa's, on Kaldi's / HTK's mel scale from
+    20 Hz to 8 kHz, unnormalised triangles), log."""
     n_fft = 1 << (window - 1).bit_length()
     taper = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(window) / window)  # periodic Hann
-    mel = _mel_matrix(n_fft // 2 + 1, bins, 16000).astype(np.float64)
+    mel = librosa.filters.mel(sr=16000, n_fft=n_fft, n_mels=bins, fmin=20.0, fmax=8000.0, htk=True, norm=None,
+                              dtype=np.float64).T  # (K, M)
     rows = []
     for f in range(frames):
         segment = wave[f * hop : f * hop + window].astype(np.float64) * taper

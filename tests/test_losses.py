@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_corrdistill.losses import correlation_loss, distilhubert_loss, pool_valid_frames
+from hf_corrdistill.losses.correlation import clipped_snr_weight
 
 EPS = 1e-5
 
@@ -48,13 +49,13 @@ def ref_cosine(s, t):  # (M, D) rows
 
 
 def ref_correlation(student, teacher, mask, style="batch", positions=150, lc=5e-5, ls=5e-6, sd=10.0, sc=100.0,
-                    ss=50000.0, wcos=1.0, weighting="fixed", s_snr=None, t_snr=None):
+                    ss=50000.0, wcos=1.0, weighting="fixed", s_snr=None, t_snr=None, snr_low=10.0, snr_high=20.0):
     b, n_layers, f, d = student.shape
     cross_w = self_w = None
     cross_mult = self_mult = 1.0
     if weighting == "snr":
         def clip(snr):
-            return torch.clamp(1 + 99 * (snr - 10) / 10, 1, 100)
+            return torch.clamp(1 + 99 * (snr - snr_low) / (snr_high - snr_low), 1, 100)
         cross_mult, self_mult = (1 / clip(t_snr)).mean(), (1 / clip(s_snr)).mean()
     elif weighting == "snr-reference":
         cross_w, self_w = 1 / (9.9 * t_snr - 98), 1 / (9.9 * s_snr - 98)
@@ -161,6 +162,28 @@ def test_distilhubert_loss_matches_reference(dtype, tol, lengths):
     assert relerr(out.l1.double(), ref["l1"]) <= tol
     assert relerr(out.cosine.double(), ref["cosine"]) <= tol
     assert relerr(out.loss.double(), ref["l1"] + ref["cosine"]) <= tol
+
+
+def test_clipped_snr_weight_follows_its_ramp():
+    """w = 1 at snr_low, 100 at snr_high, linear between, clipped outside: values worked out by hand."""
+    snr = torch.tensor([-5.0, 0.0, 15.0, 30.0, 45.0, math.inf], dtype=torch.float64)
+    expected = torch.tensor([1.0, 1.0, 50.5, 100.0, 100.0, 100.0], dtype=torch.float64)  # ramp 0 -> 30 dB
+    torch.testing.assert_close(clipped_snr_weight(snr, snr_low=0.0, snr_high=30.0), expected, rtol=0, atol=1e-12)
+    default = torch.tensor([10.0, 12.5, 20.0], dtype=torch.float64)  # 10 -> 20 dB
+    torch.testing.assert_close(clipped_snr_weight(default), torch.tensor([1.0, 25.75, 100.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("style", ["batch", "frames"])
+def test_snr_weighting_uses_the_given_ramp(style):
+    student, teacher, mask = make_inputs(4, 2, 12, 6, lengths=[12, 9, 7, 12])
+    s_snr, t_snr = snrs(4, 1), snrs(4, 2)
+    ours = correlation_loss(student, teacher, mask, style=style, pool_positions=5, weighting="snr", snr_low=12.0,
+                            snr_high=17.0, student_snr=s_snr, teacher_snr=t_snr, lambda_cross=0.5, lambda_self=0.5,
+                            cross_scale=1.0, self_scale=1.0)
+    ref = ref_correlation(student, teacher, mask, style=style, positions=5, weighting="snr", s_snr=s_snr,
+                          t_snr=t_snr, snr_low=12.0, snr_high=17.0, lc=0.5, ls=0.5, sc=1.0, ss=1.0)
+    for term in ("off_diagonal_cross", "off_diagonal_self"):
+        assert relerr(ours[term], ref[term]) < 1e-6, term
 
 
 def test_pool_matches_adaptive_avg_pool_on_full_length():

@@ -4,6 +4,7 @@ across a resume."""
 import inspect
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT
@@ -13,7 +14,7 @@ from hf_corrdistill import CorrDistillForPreTraining
 from hf_corrdistill.data.crops import AudioCollator, CroppedAudioDataset
 from hf_corrdistill.data.sources import SKIP_REASONS, load_audio_source
 from hf_corrdistill.losses import correlation_loss, distilhubert_loss
-from hf_corrdistill.training.callbacks import LEGACY_ENTRY, DistillationMetrics
+from hf_corrdistill.training.callbacks import LEGACY_ENTRY, DistillationMetrics, EpochSetter
 from hf_corrdistill.training.teacher import load_teacher, teacher_targets
 from hf_corrdistill.training.train_cli import build_student_config, parse_args
 from hf_corrdistill.training.trainer import DistillationTrainer
@@ -188,3 +189,28 @@ def test_counters_of_the_earlier_checkpoint_entry_are_read(first_process):
     assert metrics.skipped_total["train"].tolist() == [3.0, 0.0, 1.0, 0.0, 2.0]
     assert metrics.skipped_batches["train"] == (2 if first_process else 0)  # summed over processes when logged
     assert "DistillationMetrics" in state.stateful_callbacks  # the Trainer looks its entry up at every save
+
+
+def test_training_data_moves_to_each_new_epoch(tmp_path, demo_data):
+    """Four utterances, batches of two: five steps run epochs 0, 1 and 2, and the crops follow the epoch."""
+    source = load_audio_source(str(demo_data / "speech"), "train").select(range(4))
+    dataset = CroppedAudioDataset(source, "audio", max_length=8000, min_length=4000, seed=0)
+    first = dataset[0]["input_values"].copy()
+    trainer = tiny_trainer(tmp_path, "--max_steps", "5", "--per_device_train_batch_size", "2", "--logging_steps", "5",
+                           "--save_strategy", "no", train_dataset=dataset, data_collator=AudioCollator(320))
+    trainer.train()
+    assert trainer.state.epoch == 2.5 and dataset.epoch == 2
+    assert not np.array_equal(dataset[0]["input_values"], first)  # another crop of the same utterance
+    dataset.set_epoch(0)
+    assert np.array_equal(dataset[0]["input_values"], first)
+
+
+def test_epoch_setter_gives_the_dataset_the_state_s_epoch(demo_data):
+    """The callback sets the dataset's epoch whatever loader wraps it (accelerate's loader hands the epoch to a
+    sampler of its batch sampler when it finds one, and then not to the dataset)."""
+    source = load_audio_source(str(demo_data / "speech"), "train").select(range(2))
+    dataset = CroppedAudioDataset(source, "audio", max_length=8000, min_length=4000, seed=0)
+    setter = EpochSetter(dataset)
+    for epoch in (1.0, 2.0, 3.5):
+        setter.on_epoch_begin(None, TrainerState(epoch=epoch), TrainerControl())
+        assert dataset.epoch == int(epoch)
