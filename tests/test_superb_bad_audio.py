@@ -142,3 +142,17 @@ def test_unreadable_noise_is_one_line(tmp_path, capsys):
     assert raised.value.code == 2
     error = capsys.readouterr().err
     assert f"eval_superb.py: error: noise {noise}: " in error and "zz_empty.wav" in error
+
+
+def test_directories_named_like_audio_files_are_not_audio(tmp_path):
+    """As in training: a folder called x.wav is passed over, in the word folders, the background noise and the
+    test set alike, and the results are those of the data without it."""
+    data = _ks_copy(tmp_path)
+    for folder in (data / KS / "yes", data / KS / "_background_noise_", data / KS_TEST / "no"):
+        (folder / "not_audio.wav").mkdir()
+        (folder / "not_audio.wav" / "inside.txt").write_text("a folder, not a file")
+    main(_argv(data, tmp_path / "out"))
+    main(_argv(_ks_copy(tmp_path / "plain"), tmp_path / "plain-out"))
+    ours, plain = (json.loads((tmp_path / out / "results.json").read_text())["results"]["ks"]["fbank"]
+                   for out in ("out", "plain-out"))
+    assert ours["test"] == plain["test"]

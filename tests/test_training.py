@@ -1,5 +1,6 @@
 """train.py end to end: configuration parsing, the Trainer's loss, accumulation, precision, resume and DDP."""
 
+import importlib.util
 import json
 import math
 import os
@@ -294,22 +295,42 @@ def test_resume_from_checkpoint_continues_the_same_run(tmp_path, demo_data):
         assert resumed[step] == pytest.approx(full[step], rel=1e-5), step
 
 
+def _stress_ddp():
+    """benchmarks/stress_ddp.py, whose launch command, cases and failing entry point the multi-process tests run."""
+    spec = importlib.util.spec_from_file_location("stress_ddp", ROOT / "benchmarks" / "stress_ddp.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("sync", ["local", "global"])
-def test_ddp_two_cpu_processes(tmp_path, demo_data, sync):
-    """Two processes over gloo, each correlating its own batch or (global) the gathered batch of both."""
+@pytest.mark.parametrize("case", ["local", "global", "global, layerdrop 0.5"])
+def test_ddp_two_cpu_processes(tmp_path, demo_data, case):
+    """Two processes over gloo, each correlating its own batch or (global) the gathered batch of both; with layerdrop
+    the processes skip different layers (DDP then looks for unused parameters). Every process exits with 0."""
+    stress = _stress_ddp()
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "train.py", TINY_CONFIG, "--output_dir", str(out), "--max_steps", "4", "--logging_steps", "2",
-               "--eval_steps", "4", "--save_steps", "4", "--correlation_sync", sync]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert result.stderr.count("student written to") == 1  # rank 0 only
+    result = stress.run_once(stress.launch_command("train.py", stress.case_config(case, tmp_path), out),
+                             hang_after=600)
+    assert result["outcome"] == "ok" and result["exit_code"] == 0, result["stderr"][-4000:]
+    assert result["stderr"].count("student written to") == 1  # rank 0 only
     history = _log(out)
     assert history[-1]["epoch"] == 1.0  # 4 steps x 8 utterances x 2 processes = the 60-utterance corpus, once
     assert any("eval_loss" in h for h in history) and any("on_diagonal" in h for h in history)
-    AutoModel.from_pretrained(out)
+    assert AutoModel.from_pretrained(out).config.layerdrop == stress.CASES[case][1]
+
+
+@pytest.mark.slow
+def test_a_failing_rank_ends_the_launch_with_an_error(tmp_path, demo_data):
+    """Rank 1 raises at its second step while rank 0 waits for it at a collective: the launcher stops both and
+    exits non-zero, with the error in the log, rather than hanging."""
+    stress = _stress_ddp()
+    entry = tmp_path / "failing_train.py"
+    entry.write_text(stress.FAILING_ENTRY.format(root=str(ROOT)))
+    result = stress.run_once(stress.launch_command(str(entry), stress.case_config("global", tmp_path), tmp_path / "o"),
+                             hang_after=600)
+    assert result["outcome"] == "failed" and result["exit_code"] != 0
+    assert "rank 1 fails on purpose" in result["stderr"]
 
 
 def test_single_process_cpu_launch_is_reported(monkeypatch, caplog):

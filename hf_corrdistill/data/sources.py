@@ -35,10 +35,14 @@ class AudioDecodeError(ValueError):
         self.reason = reason
 
 
+def is_audio_file(path: Path) -> bool:
+    """A regular file with a suffix of `AUDIO_SUFFIXES` (any case); a directory named like one (``x.wav/``) is not."""
+    return path.suffix.lower() in AUDIO_SUFFIXES and path.is_file()
+
+
 def audio_files_under(root: Path) -> Iterator[Path]:
-    """The audio files under ``root``, recursively, unsorted: regular files with a suffix of `AUDIO_SUFFIXES`
-    (any case); a directory named like one (``x.wav/``) is not listed."""
-    return (p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    """The audio files under ``root``, recursively, unsorted (`is_audio_file`)."""
+    return (p for p in root.rglob("*") if is_audio_file(p))
 
 
 def _audio_files(folder: Path, split: str) -> list[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ..data.sources import AUDIO_SUFFIXES, SAMPLE_RATE, AudioDecodeError, decode_audio, load_audio_source
+from ..data.sources import SAMPLE_RATE, AudioDecodeError, decode_audio, is_audio_file, load_audio_source
 from .registry import KS_CLASSES, KS_WORDS, TASKS
 
 logger = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def speech_commands(root: Path, test_root: Path, seed: int = 0) -> TaskData:
     splits: dict[str, list[Item]] = {"train": [], "dev": []}
     for path in sorted(root.glob("*/*")):
         word = path.parent.name
-        if word.startswith("_") or path.suffix.lower() not in AUDIO_SUFFIXES:
+        if word.startswith("_") or not is_audio_file(path):
             continue
         relative = path.relative_to(root).as_posix()
         if relative in lists["testing"]:
@@ -204,7 +204,7 @@ def speech_commands(root: Path, test_root: Path, seed: int = 0) -> TaskData:
         split = "dev" if relative in lists["validation"] else "train"
         splits[split].append(_audio_item(path, root, labels=(_class_index(word),)))
     noise = sorted(p for p in _require(root / "_background_noise_", "Speech Commands _background_noise_").iterdir()
-                   if p.suffix.lower() in AUDIO_SUFFIXES)
+                   if is_audio_file(p))
     _, problems = audio_headers(_audio_item(path, root) for path in noise)
     if problems:
         raise UnusableAudio(problems)
@@ -217,7 +217,7 @@ def speech_commands(root: Path, test_root: Path, seed: int = 0) -> TaskData:
     splits["test"] = []
     for path in sorted(test_root.glob("*/*")):
         label = path.parent.name
-        if path.suffix.lower() not in AUDIO_SUFFIXES:
+        if not is_audio_file(path):
             continue
         if label not in KS_CLASSES:
             raise TaskDataError(f"{path}: folder {label!r} is not one of the 12 test classes {KS_CLASSES}")
