@@ -103,14 +103,19 @@ def shell_lines(path: Path) -> list[str]:
             for line in "\n".join(lines).replace("\\\n", " ").splitlines()]
 
 
+def shell_tokens(path: Path) -> list[list[str]]:
+    """The words of each command line of ``path`` (lines the shell could not split are passed over)."""
+    found = []
+    for line in shell_lines(path):
+        with contextlib.suppress(ValueError):
+            found.append(shlex.split(line, comments=True))
+    return found
+
+
 def invocations(path: Path) -> list[tuple[str, list[str]]]:
     """(parser key, the arguments after the script or module) of each checked command of ``path``."""
     found = []
-    for line in shell_lines(path):
-        try:
-            tokens = shlex.split(line, comments=True)
-        except ValueError:
-            continue
+    for tokens in shell_tokens(path):
         for command in _split_commands(tokens):
             parsed = _parse(command)
             if parsed:
@@ -220,11 +225,7 @@ def missing_files(path: Path) -> list[str]:
     """Words of the command lines that name a file of this repository (configs/..., benchmarks/...) must exist,
     unless git ignores them (what a run writes)."""
     problems = []
-    for line in shell_lines(path):
-        try:
-            tokens = shlex.split(line, comments=True)
-        except ValueError:
-            continue
+    for tokens in shell_tokens(path):
         for token in tokens:
             named = token.split("=", 1)[-1]
             if REPO_PATH.match(named) and not (ROOT / named).exists() and not _ignored(named):
