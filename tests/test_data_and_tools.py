@@ -1,5 +1,6 @@
 """Audio sources, decoding, crops and padding; the demo generator; benchmark smoke runs."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -71,7 +72,8 @@ def test_streamed_source_and_saved_dataset(tmp_path):
         write(tmp_path / "train" / f"u{i}.wav", np.random.default_rng(i).standard_normal(9000).astype(np.float32) / 10)
     streamed = StreamedCroppedAudio(load_audio_source(str(tmp_path), streaming=True), "audio", 8000, 4000, seed=0,
                                     shuffle_buffer=4)
-    assert len(list(streamed)) == 4
+    lengths = [len(e["input_values"]) for e in itertools.islice(streamed, 12)]
+    assert lengths == [8000] * 12  # the stream cycles: pass after pass of the 4 utterances
     saved = tmp_path / "saved"
     load_audio_source(str(tmp_path)).save_to_disk(str(saved))
     reloaded = load_audio_source(str(saved))
@@ -181,7 +183,7 @@ def test_length_grouping_limits_padding_and_keeps_every_utterance(tmp_path):
     def padded_fraction(group_batches):
         stream = StreamedCroppedAudio(source, "audio", 48000, 4000, seed=0, batch_size=4,
                                       length_group_batches=group_batches)
-        examples = [len(e["input_values"]) for e in stream]
+        examples = [len(e["input_values"]) for e in itertools.islice(stream, 24)]  # one pass
         assert sorted(examples) == sorted(lengths.tolist())  # each utterance exactly once
         batches = [examples[i : i + 4] for i in range(0, len(examples), 4)]
         return 1 - sum(sum(b) for b in batches) / sum(4 * max(b) for b in batches)
@@ -207,8 +209,56 @@ def test_streamed_source_is_shared_by_dataloader_workers(tmp_path):
         write(tmp_path / f"u{i}.wav", np.full(9000 + 100 * i, 0.1, dtype=np.float32))
     stream = StreamedCroppedAudio(load_audio_source(str(tmp_path), streaming=True), "audio", 20000, 4000, seed=0)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2)
-    lengths = sorted(len(example["input_values"]) for example in loader)
+    lengths = sorted(len(example["input_values"]) for example in itertools.islice(loader, 10))
     assert lengths == [9000 + 100 * i for i in range(10)]  # every utterance exactly once
+
+
+def _pass_of(stream, workers: int, count: int) -> list[int]:
+    """The lengths of the first ``count`` examples a DataLoader with ``workers`` workers draws from ``stream``."""
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers)
+    return [len(example["input_values"]) for example in itertools.islice(loader, count)]
+
+
+@pytest.mark.parametrize("files,workers", [(10, 0), (9, 0), (8, 2)])  # split by shard, by example; 2 workers each
+def test_processes_stream_disjoint_shares_of_each_pass(tmp_path, files, workers):
+    """Two processes (rank 0 and 1 of 2) each read their own share: in each pass disjoint, together every utterance
+    once (the shares change from pass to pass: every process shuffles the shards alike, then takes its own)."""
+    for i in range(files):
+        write(tmp_path / f"u{i}.wav", np.full(9000 + 100 * i, 0.1, dtype=np.float32))
+    source = load_audio_source(str(tmp_path), streaming=True)
+    passes = {0: [], 1: []}
+    for rank in (0, 1):
+        stream = StreamedCroppedAudio(source, "audio", 20000, 4000, seed=0, shuffle_buffer=4, rank=rank, world_size=2)
+        size = (files + 1 - rank) // 2
+        seen = _pass_of(stream, workers, 2 * size)
+        for index, share in enumerate((seen[:size], seen[size:])):
+            assert len(set(share)) == size, (rank, index)
+            passes[index].append(set(share))
+    for first, second in passes.values():
+        assert not first & second and first | second == {9000 + 100 * i for i in range(files)}
+
+
+def test_crops_differ_across_processes_and_workers(tmp_path):
+    """Identical utterances get different crops and views on every process and worker: an utterance's key holds
+    its position, the process's rank and the worker's id."""
+    audio = np.random.default_rng(0).standard_normal(40000).astype(np.float32) * 0.1
+    for i in range(8):
+        write(tmp_path / f"same{i}.wav", audio)
+    source = load_audio_source(str(tmp_path), streaming=True)
+    crops = []
+    for rank in (0, 1):
+        stream = StreamedCroppedAudio(source, "audio", 8000, 4000, seed=0, rank=rank, world_size=2)
+        loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2)
+        crops += [np.asarray(example["input_values"][:50]).tobytes() for example in itertools.islice(loader, 4)]
+    assert len(crops) == 8 and len(set(crops)) == 8
+
+
+def test_a_share_without_usable_audio_is_an_error_naming_the_process(tmp_path):
+    write(tmp_path / "good.wav", np.full(9000, 0.1, dtype=np.float32))
+    write(tmp_path / "silent.wav", np.zeros(9000, dtype=np.float32))
+    source = load_audio_source(str(tmp_path), streaming=True)  # 2 shards: good.wav on rank 0, silent.wav on rank 1
+    with pytest.warns(UserWarning), pytest.raises(AudioDecodeError, match="process 1's share"):
+        next(iter(StreamedCroppedAudio(source, "audio", 20000, 4000, seed=0, rank=1, world_size=2)))
 
 
 def test_joined_splits(tmp_path):

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -320,6 +321,91 @@ def test_ddp_two_cpu_processes(tmp_path, demo_data, case):
     assert AutoModel.from_pretrained(out).config.layerdrop == stress.CASES[case][1]
 
 
+def _write_paired_bad_stream(folder, good_per_process: int) -> dict[str, int]:
+    """Pairs of files named so that, streamed unshuffled by two processes, file 2i goes to process 0 and 2i+1 to
+    process 1 (one shard per file, whole shards per process): each process gets ``good_per_process`` good files and
+    one file of each bad kind; returns the skip counts of one pass of both."""
+    import numpy as np
+    import soundfile as sf
+
+    folder.mkdir()
+    speech = sorted((ROOT / "demo_data" / "speech" / "train").glob("*.flac"))
+    for index in range(2 * good_per_process):
+        shutil.copy(speech[index], folder / f"{index // 2:02d}-{index % 2}.flac")
+    bad = {  # reason -> (suffix, writer)
+        "undecodable": (".flac", lambda path: path.write_bytes(speech[0].read_bytes()[:300])),
+        "empty": (".wav", lambda path: sf.write(path, np.zeros(0, dtype=np.float32), 16000)),
+        "non_finite": (".wav", lambda path: sf.write(path, np.full(16000, np.nan, dtype=np.float32), 16000,
+                                                     subtype="FLOAT")),
+        "silent": (".wav", lambda path: sf.write(path, np.zeros(16000, dtype=np.float32), 16000)),
+        "too_short": (".wav", lambda path: sf.write(path, np.full(800, 0.1, dtype=np.float32), 16000)),
+    }
+    for pair, (suffix, writer) in enumerate(bad.values(), start=good_per_process):
+        for process in (0, 1):
+            writer(folder / f"{pair:02d}-{process}{suffix}")
+    return dict.fromkeys(bad, 2)
+
+
+def _streamed_launch(stress, folder, out, *extra) -> list[str]:
+    """stress_ddp's two-process launch of configs/tiny.yaml, streaming ``folder`` unshuffled in batches of 4."""
+    return [*stress.launch_command("train.py", TINY_CONFIG, out), "--train_data", str(folder), "--streaming", "true",
+            "--shuffle_buffer", "0", "--eval_data", "demo_data/speech", "--max_eval_samples", "8",
+            "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--max_length", "16000",
+            "--pool_positions", "20", "--logging_steps", "1", *extra]
+
+
+@pytest.mark.slow
+def test_streamed_two_processes_read_their_own_shares_and_resume_after_kill_9(tmp_path, demo_data):
+    """Two processes stream a folder with bad files, each its own share (12 good files and one of each bad kind:
+    a pass is 3 steps), evaluate, and cycle on to step 8. Both count what they skip: after the first pass the
+    logged counters are both processes' sums. A copy killed (-9) after its checkpoint at step 4, mid-pass, and
+    resumed gives the same losses and counters from step 5 on."""
+    stress = _stress_ddp()
+    expected = _write_paired_bad_stream(tmp_path / "bad", good_per_process=12)
+    flags = ["--max_steps", "8", "--save_steps", "4", "--save_total_limit", "5", "--eval_steps", "8"]
+    whole = stress.run_once(_streamed_launch(stress, tmp_path / "bad", tmp_path / "whole", *flags), hang_after=600)
+    assert whole["outcome"] == "ok" and whole["exit_code"] == 0, whole["stderr"][-4000:]
+    for rank in (0, 1):
+        assert f"process {rank} of 2 streams its own share of the data: 17 of its 34 shards" in whole["stderr"]
+    logged = {h["step"]: h for h in _log(tmp_path / "whole") if "loss" in h}
+    assert sorted(logged) == list(range(1, 9))
+    assert {reason: logged[3][f"skipped_{reason}"] for reason in expected} == expected  # one pass of each process
+    assert any("eval_loss" in h for h in _log(tmp_path / "whole"))
+
+    out = tmp_path / "killed"
+    process = subprocess.Popen(_streamed_launch(stress, tmp_path / "bad", out, *flags), cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not complete_checkpoint(out / "checkpoint-4") and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # the launcher and both processes, no clean-up of any kind
+    process.wait()
+    assert complete_checkpoint(out / "checkpoint-4") and not (out / "checkpoint-8").exists()
+    resumed = stress.run_once(_streamed_launch(stress, tmp_path / "bad", out, *flags, "--resume_from_checkpoint",
+                                               "last"), hang_after=600)
+    assert resumed["outcome"] == "ok", resumed["stderr"][-4000:]
+    again = {h["step"]: h for h in _log(out) if "loss" in h}
+    for step in range(5, 9):
+        assert again[step]["loss"] == pytest.approx(logged[step]["loss"], rel=1e-5, abs=1e-6), step
+        assert all(again[step][f"skipped_{r}"] == logged[step][f"skipped_{r}"] for r in expected), step
+
+
+@pytest.mark.slow
+def test_streamed_two_processes_global_correlations_with_accumulation(tmp_path, demo_data):
+    """correlation_sync global and 3 accumulated batches per step on a stream: one step is one pass of each
+    process's share, so the counters are exactly both processes' bad files."""
+    stress = _stress_ddp()
+    expected = _write_paired_bad_stream(tmp_path / "bad", good_per_process=12)
+    result = stress.run_once(_streamed_launch(stress, tmp_path / "bad", tmp_path / "run", "--max_steps", "2",
+                                              "--gradient_accumulation_steps", "3", "--correlation_sync", "global",
+                                              "--eval_steps", "2", "--save_steps", "2"), hang_after=600)
+    assert result["outcome"] == "ok" and result["exit_code"] == 0, result["stderr"][-4000:]
+    logged = {h["step"]: h for h in _log(tmp_path / "run") if "loss" in h}
+    assert sorted(logged) == [1, 2] and all(math.isfinite(h["loss"]) for h in logged.values())
+    assert {reason: logged[1][f"skipped_{reason}"] for reason in expected} == expected
+    assert any("eval_loss" in h for h in _log(tmp_path / "run"))
+
+
 @pytest.mark.slow
 def test_a_failing_rank_ends_the_launch_with_an_error(tmp_path, demo_data):
     """Rank 1 raises at its second step while rank 0 waits for it at a collective: the launcher stops both and
@@ -390,12 +476,12 @@ def _write_bad_stream(folder, good):
 
 @pytest.mark.slow
 def test_stream_with_bad_files_completes_and_counts_them(tmp_path, demo_data):
-    expected = _write_bad_stream(tmp_path / "bad", good=13)  # 13 + 1 resampled = 14 usable: batches 4, 4, 4, 2
+    expected = _write_bad_stream(tmp_path / "bad", good=11)  # 11 + 1 resampled = 12 usable: one pass, 3 batches
     out = tmp_path / "run"
     with pytest.warns(UserWarning):
         main([TINY_CONFIG, "--output_dir", str(out), "--train_data", str(tmp_path / "bad"), "--streaming", "true",
               "--eval_data", "demo_data/speech",
-              "--per_device_train_batch_size", "4", "--max_steps", "4", "--logging_steps", "4",
+              "--per_device_train_batch_size", "4", "--max_steps", "3", "--logging_steps", "3",
               "--eval_strategy", "no", "--save_strategy", "no"])
     logged = [h for h in _log(out) if "loss" in h][-1]
     assert {reason: logged[f"skipped_{reason}"] for reason in expected} == expected

@@ -5,6 +5,7 @@ An utterance is decoded whole (`sources.decode_audio`), cropped to ``max_length`
 """
 
 import itertools
+import logging
 import math
 import warnings
 from collections import Counter
@@ -13,8 +14,11 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
+from datasets.distributed import split_dataset_by_node
 
 from .sources import SKIP_REASONS, AudioDecodeError, decode_audio, describe
+
+logger = logging.getLogger(__name__)
 
 
 class _CropMixin:
@@ -104,7 +108,13 @@ class CroppedAudioDataset(_CropMixin, torch.utils.data.Dataset):
 
 
 class StreamedCroppedAudio(_CropMixin, torch.utils.data.IterableDataset):
-    """Iterable: a streamed dataset, shuffled through a seeded buffer, unusable utterances skipped and counted."""
+    """Iterable: a streamed dataset, shuffled through a seeded buffer, unusable utterances skipped and counted.
+
+    The stream never ends: each copy cycles through its share, pass after pass (the pass is the crops' and views'
+    epoch), so every process and worker always has its next batch and a run is bounded by ``max_steps``. With
+    ``world_size`` > 1 the copy of process ``rank`` reads only its share (`datasets.distributed.split_dataset_by_node`:
+    whole shards when their number divides evenly, otherwise every ``world_size``-th example).
+    """
 
     def __init__(
         self,
@@ -117,30 +127,46 @@ class StreamedCroppedAudio(_CropMixin, torch.utils.data.IterableDataset):
         views=None,
         batch_size: int = 1,
         length_group_batches: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not one of the {world_size} processes")
+        self.rank, self.world_size = rank, world_size
+        if world_size > 1:  # before the shuffle: every process shuffles the same shard list with the same seed
+            shards = dataset.n_shards
+            how = (f"{shards // world_size} of its {shards} shards" if shards % world_size == 0
+                   else f"one example in {world_size} ({shards} shards do not divide evenly)")
+            dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
+            logger.info("process %d of %d streams its own share of the data: %s", rank, world_size, how)
         self.dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer) if shuffle_buffer > 0 else dataset
         self._init_crop(audio_column, max_length, min_length, seed, views)
         self.batch_size, self.length_group_batches = batch_size, length_group_batches
+        self.first_epoch = 0  # the pass an iteration starts at; self.epoch is the pass being read
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
-        self.dataset.set_epoch(epoch)
+        self.first_epoch = epoch
 
-    def _usable(self):
-        """Inside a DataLoader worker, `datasets` hands each worker its own shards of the stream."""
+    def _usable(self, epoch: int, counter: list[int]):
+        """One pass over this copy's share at ``epoch``. Inside a DataLoader worker, `datasets` hands each worker its
+        own shards of the share; ``counter`` counts the rows read."""
+        self.dataset.set_epoch(epoch)
         worker = torch.utils.data.get_worker_info()
         workers, index = (1, 0) if worker is None else (worker.num_workers, worker.id)
         for position, row in enumerate(self.dataset):
-            key = position * workers + index  # distinct across workers: each utterance its own crop and views
+            counter[0] += 1
+            # distinct across positions, processes and workers: each utterance its own crop and views
+            key = (position * self.world_size + self.rank) * workers + index
             example = self._example(row[self.audio_column], key)
             if example is not None:
                 yield example
 
-    def _grouped(self, examples):
+    def _grouped(self, examples, epoch: int):
         """Sort ``length_group_batches`` batches' worth of examples by length, cut them into batches and emit the
         batches in a shuffled order: little padding, no short-to-long drift."""
         size = self.batch_size * self.length_group_batches
-        rng = np.random.default_rng((self.seed, self.epoch, 2))
+        rng = np.random.default_rng((self.seed, epoch, 2))
         buffer = []
         for example in itertools.chain(examples, [None]):
             if example is not None:
@@ -152,11 +178,12 @@ class StreamedCroppedAudio(_CropMixin, torch.utils.data.IterableDataset):
                     yield from batch
                 buffer = []
 
-    def __iter__(self):
-        examples = self._usable()
+    def _pass(self, epoch: int, counter: list[int]):
+        self.epoch = epoch
+        examples = self._usable(epoch, counter)
         if self.length_group_batches > 0:
-            examples = self._grouped(examples)
-        held = None  # one example is held back, so that skips after the last usable one still get reported
+            examples = self._grouped(examples, epoch)
+        held = None  # one example is held back, so that skips after the pass's last usable one still get reported
         for example in examples:
             if held is not None:
                 yield held
@@ -165,6 +192,18 @@ class StreamedCroppedAudio(_CropMixin, torch.utils.data.IterableDataset):
             held["skipped"] = dict(Counter(held["skipped"]) + self._unreported)
             self._unreported = Counter()
             yield held
+
+    def __iter__(self):
+        for epoch in itertools.count(self.first_epoch):
+            counter, usable = [0], 0
+            for example in self._pass(epoch, counter):
+                usable += 1
+                yield example
+            if counter[0] == 0:  # a DataLoader worker left without shards (more workers than shards): it stops
+                return
+            if usable == 0:
+                where = f"process {self.rank}'s share of the stream" if self.world_size > 1 else "the stream"
+                raise AudioDecodeError(f"no usable utterance in {where} ({counter[0]} read, all skipped)")
 
 
 class AudioCollator:

@@ -143,6 +143,11 @@ def _launched_processes() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def _process_rank() -> int:
+    """This process's rank among all processes of all machines (set by the launcher, as WORLD_SIZE)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def _warn_single_cpu_process() -> None:
     """`accelerate launch --cpu --num_processes N` starts one process unless mpirun is set up: say so."""
     asked_for_several = "MASTER_ADDR" in os.environ and os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true"
@@ -194,7 +199,8 @@ def _datasets(data: DataArguments, seed: int, views: ViewMaker | None, batch_siz
             "views": views}
     if data.streaming:
         train = StreamedCroppedAudio(source, seed=seed, shuffle_buffer=data.shuffle_buffer, batch_size=batch_size,
-                                     length_group_batches=data.length_group_batches, **crop)
+                                     length_group_batches=data.length_group_batches, rank=_process_rank(),
+                                     world_size=_launched_processes(), **crop)
     else:
         train = CroppedAudioDataset(source, seed=seed, **crop)
     evaluation = None

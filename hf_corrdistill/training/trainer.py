@@ -5,7 +5,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from accelerate.data_loader import IterableDatasetShard
 from torch import nn
+from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, Trainer
 from transformers.utils import ModelOutput
 
@@ -43,11 +45,28 @@ class DistillationTrainer(Trainer):
     loss_is_scaled_for_ga = False
 
     def __init__(self, model: PreTrainedModel, teacher: PreTrainedModel, args: DistillationConfig, **kwargs):
+        if self._reads_own_share(kwargs.get("train_dataset")):  # no process feeds another: no dispatching
+            args.accelerator_config.dispatch_batches = False
         super().__init__(model=model, args=args, **kwargs)
         self.teacher = teacher.eval().requires_grad_(False).to(self.accelerator.device)
         self.teacher_layers = tuple(model.config.pred_layer_ids)
         self.add_callback(DistillationMetrics())
         self.add_callback(EpochSetter(self.train_dataset))
+
+    @staticmethod
+    def _reads_own_share(dataset: Any) -> bool:
+        """Whether ``dataset`` is an iterable that already reads only this process's share (a `StreamedCroppedAudio`
+        of several processes)."""
+        return isinstance(dataset, torch.utils.data.IterableDataset) and getattr(dataset, "world_size", 1) > 1
+
+    def get_train_dataloader(self) -> DataLoader:
+        """The stock loader; a stream that reads only this process's share passes through accelerate's
+        `IterableDatasetShard` whole (the Trainer does the same for its rank-aware batch samplers)."""
+        loader = super().get_train_dataloader()
+        shard = loader.dataset
+        if isinstance(shard, IterableDatasetShard) and self._reads_own_share(shard.dataset):
+            shard.num_processes, shard.process_index = 1, 0
+        return loader
 
     @property
     def distillation_metrics(self) -> DistillationMetrics:
