@@ -32,8 +32,8 @@ CorrDistillConfig.register_for_auto_class()
 
 def register_auto_classes() -> None:
     """Register the models with AutoModel, AutoModelForPreTraining, AutoModelForAudioClassification and
-    AutoModelForCTC, and for `auto_map` in saved configs (the config module registers the tokenizer and processor).
-    Safe to call more than once."""
+    AutoModelForCTC, and for `auto_map` in saved configs, and the processor with AutoProcessor (the config module
+    registers the config and the tokenizer on import). Safe to call more than once."""
     from transformers import (
         AutoModel,
         AutoModelForAudioClassification,
@@ -42,6 +42,9 @@ def register_auto_classes() -> None:
     )
 
     from .models.corrdistill import modeling_corrdistill as modeling
+    from .models.corrdistill.configuration_corrdistill import register_processor
+
+    register_processor()
 
     AutoModel.register(CorrDistillConfig, modeling.CorrDistillModel, exist_ok=True)
     AutoModelForPreTraining.register(CorrDistillConfig, modeling.CorrDistillForPreTraining, exist_ok=True)

@@ -191,8 +191,8 @@ class CorrDistillProcessor:
 
 
 def _register_with_auto_classes() -> None:
-    """Register `corrdistill` with `AutoConfig`, `AutoTokenizer` and `AutoProcessor`, unless it is registered
-    already (by hf_corrdistill, or by a student loaded before).
+    """Register `corrdistill` with `AutoConfig` and `AutoTokenizer`, unless it is registered already (by
+    hf_corrdistill, or by a student loaded before).
 
     Imported as remote code (`trust_remote_code=True`), this file makes the folders that scripts save from a loaded
     student (a config.json with `auto_map`, beside a feature extractor and a tokenizer) load with `AutoConfig` and
@@ -201,20 +201,30 @@ def _register_with_auto_classes() -> None:
     `tokenizer_type=config.model_type`. Once registered, this class serves every `corrdistill` config loaded in the
     process.
     """
-    from transformers import AutoConfig, AutoProcessor, AutoTokenizer, Wav2Vec2CTCTokenizer
+    from transformers import AutoConfig, AutoTokenizer, Wav2Vec2CTCTokenizer
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
     from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
 
     model_type = CorrDistillConfig.model_type
     if model_type not in CONFIG_MAPPING:
         AutoConfig.register(model_type, CorrDistillConfig)
-    config_class = CONFIG_MAPPING[model_type]
-    AutoTokenizer.register(config_class, Wav2Vec2CTCTokenizer, exist_ok=True)
+    AutoTokenizer.register(CONFIG_MAPPING[model_type], Wav2Vec2CTCTokenizer, exist_ok=True)
     # `tokenizer_type=` is looked up in this name table alone, which `AutoTokenizer.register` does not fill
     TOKENIZER_MAPPING_NAMES.setdefault(model_type, Wav2Vec2CTCTokenizer.__name__)
-    AutoProcessor.register(config_class, CorrDistillProcessor, exist_ok=True)
+
+
+def register_processor() -> None:
+    """`CorrDistillProcessor` for `AutoProcessor`. Importing `AutoProcessor` loads transformers' modeling code, so
+    the package calls this with its other Auto registrations (after train.py's checks); as remote code, this file
+    calls it on import."""
+    from transformers import AutoProcessor
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    AutoProcessor.register(CONFIG_MAPPING[CorrDistillConfig.model_type], CorrDistillProcessor, exist_ok=True)
 
 
 _register_with_auto_classes()
+if not __name__.startswith("hf_corrdistill."):  # imported as remote code: nothing else registers the processor
+    register_processor()
 
-__all__ = ["CorrDistillConfig", "CorrDistillProcessor"]
+__all__ = ["CorrDistillConfig", "CorrDistillProcessor", "register_processor"]
