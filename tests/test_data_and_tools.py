@@ -259,6 +259,8 @@ def test_a_share_without_usable_audio_is_an_error_naming_the_process(tmp_path):
     source = load_audio_source(str(tmp_path), streaming=True)  # 2 shards: good.wav on rank 0, silent.wav on rank 1
     with pytest.warns(UserWarning), pytest.raises(AudioDecodeError, match="process 1's share"):
         next(iter(StreamedCroppedAudio(source, "audio", 20000, 4000, seed=0, rank=1, world_size=2)))
+    # with workers, one whose part holds nothing usable stops and the other goes on
+    assert _pass_of(StreamedCroppedAudio(source, "audio", 20000, 4000, seed=0), 2, 3) == [9000] * 3
 
 
 def test_joined_splits(tmp_path):

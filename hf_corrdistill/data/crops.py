@@ -194,6 +194,7 @@ class StreamedCroppedAudio(_CropMixin, torch.utils.data.IterableDataset):
             yield held
 
     def __iter__(self):
+        worker = torch.utils.data.get_worker_info()
         for epoch in itertools.count(self.first_epoch):
             counter, usable = [0], 0
             for example in self._pass(epoch, counter):
@@ -201,9 +202,14 @@ class StreamedCroppedAudio(_CropMixin, torch.utils.data.IterableDataset):
                 yield example
             if counter[0] == 0:  # a DataLoader worker left without shards (more workers than shards): it stops
                 return
-            if usable == 0:
-                where = f"process {self.rank}'s share of the stream" if self.world_size > 1 else "the stream"
+            if usable > 0:
+                continue
+            where = f"process {self.rank}'s share of the stream" if self.world_size > 1 else "the stream"
+            if worker is None:  # this copy reads the whole share: nothing to train on
                 raise AudioDecodeError(f"no usable utterance in {where} ({counter[0]} read, all skipped)")
+            logger.warning("DataLoader worker %d of %s read %d utterances, none usable: it stops, the other workers "
+                           "go on", worker.id, where, counter[0])
+            return
 
 
 class AudioCollator:
