@@ -19,7 +19,7 @@ from transformers import AutoModel
 
 from hf_corrdistill import CorrDistillForPreTraining
 from hf_corrdistill.data.crops import AudioCollator, CroppedAudioDataset
-from hf_corrdistill.data.sources import load_audio_source
+from hf_corrdistill.data.sources import AudioDecodeError, load_audio_source
 from hf_corrdistill.losses import correlation_loss
 from hf_corrdistill.training.arguments import DistillationConfig
 from hf_corrdistill.training.run_record import complete_checkpoint
@@ -486,6 +486,22 @@ def test_stream_with_bad_files_completes_and_counts_them(tmp_path, demo_data):
     logged = [h for h in _log(out) if "loss" in h][-1]
     assert {reason: logged[f"skipped_{reason}"] for reason in expected} == expected
     assert 0 < logged["padded_fraction"] < 1
+
+
+@pytest.mark.slow
+def test_a_stream_without_usable_audio_in_any_worker_is_an_error(tmp_path, demo_data):
+    """Each of two DataLoader workers reads only silent files and stops: the process's stream has ended, which is
+    an error naming the process rather than a short run."""
+    import numpy as np
+    import soundfile as sf
+
+    (tmp_path / "silent").mkdir()
+    for index in range(2):
+        sf.write(tmp_path / "silent" / f"s{index}.wav", np.zeros(16000, dtype=np.float32), 16000)
+    with pytest.raises(AudioDecodeError, match="the stream of process 0 ended"):
+        main([TINY_CONFIG, "--output_dir", str(tmp_path / "run"), "--train_data", str(tmp_path / "silent"),
+              "--eval_data", "demo_data/speech", "--streaming", "true", "--dataloader_num_workers", "2", *FAST,
+              "--max_steps", "2", "--save_strategy", "no"])
 
 
 @pytest.mark.slow

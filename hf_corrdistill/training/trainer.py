@@ -11,6 +11,8 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, Trainer
 from transformers.utils import ModelOutput
 
+from ..data.crops import StreamedCroppedAudio
+from ..data.sources import AudioDecodeError
 from ..losses import LOSSES, enhancement_loss, frame_geometry, log_mel_frames
 from .arguments import DistillationConfig
 from .callbacks import DistillationMetrics, EpochSetter
@@ -45,28 +47,32 @@ class DistillationTrainer(Trainer):
     loss_is_scaled_for_ga = False
 
     def __init__(self, model: PreTrainedModel, teacher: PreTrainedModel, args: DistillationConfig, **kwargs):
-        if self._reads_own_share(kwargs.get("train_dataset")):  # no process feeds another: no dispatching
-            args.accelerator_config.dispatch_batches = False
+        if isinstance(kwargs.get("train_dataset"), StreamedCroppedAudio):  # each process reads its own share
+            args.accelerator_config.dispatch_batches = False  # accelerate's default: rank 0 reads every batch
         super().__init__(model=model, args=args, **kwargs)
         self.teacher = teacher.eval().requires_grad_(False).to(self.accelerator.device)
         self.teacher_layers = tuple(model.config.pred_layer_ids)
         self.add_callback(DistillationMetrics())
         self.add_callback(EpochSetter(self.train_dataset))
 
-    @staticmethod
-    def _reads_own_share(dataset: Any) -> bool:
-        """Whether ``dataset`` is an iterable that already reads only this process's share (a `StreamedCroppedAudio`
-        of several processes)."""
-        return isinstance(dataset, torch.utils.data.IterableDataset) and getattr(dataset, "world_size", 1) > 1
-
     def get_train_dataloader(self) -> DataLoader:
         """The stock loader; a stream that reads only this process's share passes through accelerate's
         `IterableDatasetShard` whole (the Trainer does the same for its rank-aware batch samplers)."""
         loader = super().get_train_dataloader()
         shard = loader.dataset
-        if isinstance(shard, IterableDatasetShard) and self._reads_own_share(shard.dataset):
+        if (isinstance(shard, IterableDatasetShard) and isinstance(shard.dataset, StreamedCroppedAudio)
+                and shard.dataset.world_size > 1):
             shard.num_processes, shard.process_index = 1, 0
         return loader
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device) -> tuple[list, Any]:
+        """The stock batches. A stream never ends, so fewer batches than asked means that none of this process's
+        DataLoader workers has a usable utterance: an error, rather than a process that leaves the others waiting."""
+        batches, items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if len(batches) < num_batches and isinstance(self.train_dataset, StreamedCroppedAudio):
+            raise AudioDecodeError(f"the stream of process {self.args.process_index} ended: none of its DataLoader "
+                                   "workers has a usable utterance (see the skip warnings)")
+        return batches, items
 
     @property
     def distillation_metrics(self) -> DistillationMetrics:
